@@ -1,0 +1,56 @@
+# The two commands a new user needs (see README): `make demo` and `make test`.
+# Everything lands in a virtual environment in .venv; OS packages the tests need (tshark) are installed
+# with apt-get when missing (as root, or through sudo).
+
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SOURCES := $(wildcard replay/*.py importers/*.py engine/*.py reports/*.py) pyproject.toml
+
+.PHONY: demo test lint typecheck samples bench-import tshark clean
+
+$(BIN)/python:
+	@$(PY) -m venv $(VENV) 2>/dev/null || { \
+	  echo "python3 -m venv failed: installing the Debian package python3-venv"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv && \
+	  $(PY) -m venv $(VENV); }
+	@$(BIN)/pip install -q --upgrade pip
+
+# Runtime install (the demo needs nothing else). Reinstalled when a module is added or pyproject changes.
+$(VENV)/.runtime: $(BIN)/python $(SOURCES)
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(VENV)/.test: $(BIN)/python $(SOURCES)
+	$(BIN)/pip install -q -e '.[test,bench]'
+	@touch $@ $(VENV)/.runtime
+
+## demo: install, then show what the request/response sample trace holds
+demo: $(VENV)/.runtime
+	$(BIN)/ndis-replay inspect sample_traces/request_response.pcapng
+
+## test: install what the tests need (Python packages, tshark), then lint, type-check and run the suite
+test: $(VENV)/.test tshark
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+tshark:
+	@command -v tshark >/dev/null 2>&1 || { \
+	  echo "tshark is missing: installing the Debian package tshark"; \
+	  $(SUDO) apt-get update -qq && \
+	  echo "wireshark-common wireshark-common/install-setuid boolean false" | $(SUDO) debconf-set-selections && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq tshark >/dev/null; }
+
+typecheck: $(VENV)/.test
+	$(BIN)/pytest tests/test_static.py -q
+
+samples: $(VENV)/.runtime
+	$(BIN)/python sample_traces/make_samples.py
+
+bench-import: $(VENV)/.test
+	$(BIN)/python bench/import_bench.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

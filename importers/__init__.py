@@ -1,0 +1,105 @@
+"""Importers: every supported capture format into the canonical :class:`~ndis_replay.trace.Trace`.
+
+One compact module per format (``pcap``, ``pcapng``; ``dissect`` reads anything through tshark). The format is
+decided from the file's content; gzip, zstd, xz and bzip2 compression are undone transparently.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from ndis_replay.errors import ConfigError
+from ndis_replay.importers.builder import TraceBuilder
+from ndis_replay.importers.source import UnknownFormat, open_source, sniff_format
+from ndis_replay.trace import Trace
+
+READERS = ("auto", "fast", "tshark")
+
+__all__ = ["READERS", "detect_format", "open_trace"]
+
+
+def detect_format(path: str | Path) -> tuple[str, str | None]:
+    """``(format, compression)`` of a capture from its magic bytes, e.g. ``("pcapng", "zstd")``."""
+    source = open_source(path)
+    try:
+        return sniff_format(source), source.compression
+    finally:
+        source.close()
+
+
+def open_trace(
+    path: str | Path,
+    *,
+    reader: str = "auto",
+    dissect: bool = False,
+    strict: bool = False,
+    keep_data: bool = True,
+    batching: str = "none",
+    progress: Callable[[int], None] | None = None,
+) -> Trace:
+    """Import a capture file into a validated :class:`Trace`.
+
+    ``reader`` is ``fast`` (this package's own pcap/pcapng reader), ``tshark`` (anything Wireshark reads,
+    through pyshark) or ``auto``: fast for pcap and pcapng, tshark for other formats when it is installed.
+    ``dissect`` adds a ``protocol`` column (the highest protocol tshark finds). ``strict`` turns damage the
+    reader would salvage around into an error. ``keep_data=False`` leaves out the packet bytes. ``progress``
+    is called with the number of file bytes read so far.
+    """
+    from ndis_replay.batching import parse_batching
+
+    parse_batching(batching)  # refuse a bad rule before reading a large file
+    if reader not in READERS:
+        raise ConfigError("reader", reader, "unknown reader", READERS)
+    if reader == "tshark":
+        from ndis_replay.importers.dissect import read_with_tshark
+
+        tshark_trace: Trace = read_with_tshark(
+            path, strict=strict, keep_data=keep_data, batching=batching, dissect=dissect
+        )
+        return tshark_trace
+    try:
+        trace = _read_fast(path, strict=strict, keep_data=keep_data, batching=batching, progress=progress)
+    except UnknownFormat:
+        if reader != "auto" or shutil.which("tshark") is None:
+            raise
+        from ndis_replay.importers.dissect import read_with_tshark
+
+        fallback: Trace = read_with_tshark(path, strict=strict, keep_data=keep_data, batching=batching, dissect=dissect)
+        return fallback
+    if dissect:
+        from ndis_replay.importers.dissect import add_protocols
+
+        trace = add_protocols(trace)
+    return trace
+
+
+def _read_fast(
+    path: str | Path,
+    *,
+    strict: bool,
+    keep_data: bool,
+    batching: str,
+    progress: Callable[[int], None] | None,
+) -> Trace:
+    from ndis_replay.importers.pcap import read_pcap
+    from ndis_replay.importers.pcapng import read_pcapng
+
+    source = open_source(path, progress)
+    try:
+        fmt = sniff_format(source)
+        builder = TraceBuilder(path, strict=strict, keep_data=keep_data)
+        details = read_pcap(source, builder) if fmt == "pcap" else read_pcapng(source, builder)
+        sha256 = source.sha256()
+    finally:
+        source.close()
+    return builder.build(
+        sha256=sha256,
+        size=source.size,
+        fmt=fmt,
+        compression=source.compression,
+        reader="fast",
+        batching=batching,
+        details=details,
+    )

@@ -1,0 +1,220 @@
+"""Assembling a :class:`~ndis_replay.trace.Trace` from the chunks a reader produces.
+
+Every reader (pcap, pcapng, tshark, later ETW) hands over :class:`PacketChunk`\\ s — numpy columns plus the
+captured bytes of the chunk's packets in one contiguous buffer — and records interfaces and warnings here.
+The builder derives what all formats share (header length, link-layer direction, link type per packet,
+batching) and produces the canonical frame. It keeps no per-packet Python objects: a chunk becomes polars
+columns (through a zero-copy Arrow view of its buffer) as soon as it arrives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from ndis_replay.batching import assign_batches, parse_batching
+from ndis_replay.errors import TraceFormatError
+from ndis_replay.importers.headers import header_lengths, link_directions, link_header_known, linktype_name
+from ndis_replay.trace import DIRECTIONS, SCHEMA, Direction, InterfaceInfo, Trace, TraceMeta, TraceWarning
+
+SEND, RECV, UNKNOWN = 0, 1, 2  # direction codes, in the order of trace.DIRECTIONS
+
+U8 = np.dtype(np.uint8)
+
+
+@dataclass
+class PacketChunk:
+    """Consecutive packets of one reader, as columns. ``offsets`` has n+1 entries into ``buf``."""
+
+    record: np.ndarray  # int64, index of the record in the source
+    ts_ns: np.ndarray  # int64
+    interface: np.ndarray  # uint16
+    direction: np.ndarray  # int8 codes SEND/RECV/UNKNOWN
+    wire_len: np.ndarray  # uint32
+    buf: np.ndarray  # uint8, the captured bytes of all packets back to back
+    offsets: np.ndarray  # int64, n+1
+    ts_missing: np.ndarray | None = None  # bool; True where the source has no timestamp
+
+    def __len__(self) -> int:
+        return len(self.record)
+
+    @classmethod
+    def from_packets(
+        cls,
+        record: Sequence[int],
+        ts_ns: Sequence[int],
+        interface: Sequence[int],
+        direction: Sequence[int],
+        wire_len: Sequence[int],
+        data: Sequence[bytes],
+        ts_missing: Sequence[bool] | None = None,
+    ) -> PacketChunk:
+        """Build a chunk from per-packet Python values (slow readers such as tshark)."""
+        lens = np.fromiter((len(d) for d in data), dtype=np.int64, count=len(data))
+        offsets = np.zeros(len(data) + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        return cls(
+            record=np.asarray(record, dtype=np.int64),
+            ts_ns=np.asarray(ts_ns, dtype=np.int64),
+            interface=np.asarray(interface, dtype=np.uint16),
+            direction=np.asarray(direction, dtype=np.int8),
+            wire_len=np.asarray(wire_len, dtype=np.uint32),
+            buf=np.frombuffer(b"".join(data), dtype=U8),
+            offsets=offsets,
+            ts_missing=None if ts_missing is None else np.asarray(ts_missing, dtype=bool),
+        )
+
+
+def gather_ranges(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Copy the non-overlapping, ascending byte ranges ``[start, start+length)`` of ``buf`` back to back.
+
+    Returns ``(data, offsets)``. Vectorised: a difference array marks the ranges, a boolean mask copies them.
+    """
+    n = len(starts)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if n == 0:
+        return np.empty(0, dtype=U8), offsets
+    lo = int(starts[0])
+    hi = int(starts[-1] + lengths[-1])
+    window = buf[lo:hi]
+    marks = np.zeros(hi - lo + 1, dtype=np.int8)
+    rel = starts - lo
+    marks[rel] += 1
+    marks[rel + lengths] -= 1
+    mask = np.cumsum(marks[:-1], dtype=np.int8).view(bool)
+    return window[mask], offsets
+
+
+class TraceBuilder:
+    """Collects chunks, interfaces and warnings from one reader and builds the Trace."""
+
+    def __init__(self, path: str | Path, *, strict: bool = False, keep_data: bool = True) -> None:
+        self.path = Path(path)
+        self.strict = strict
+        self.keep_data = keep_data
+        self.interfaces: dict[int, InterfaceInfo] = {}
+        self._warnings: dict[tuple[str, str], TraceWarning] = {}
+        self._parts: list[pl.DataFrame] = []
+        self._unwalked: dict[int, int] = {}
+        self.packets = 0
+
+    # --- interfaces and warnings ------------------------------------------------------------------------
+
+    def add_interface(self, info: InterfaceInfo) -> None:
+        self.interfaces[info.id] = info
+
+    def warn(self, code: str, detail: str, *, offset: int | None = None, record: int | None = None) -> None:
+        """Record a warning; repeats of the same code and detail are counted, the first place kept."""
+        key = (code, detail)
+        prev = self._warnings.get(key)
+        if prev is None:
+            self._warnings[key] = TraceWarning(code, detail, offset, record)
+        else:
+            self._warnings[key] = TraceWarning(code, detail, prev.offset, prev.record, prev.count + 1)
+
+    def salvage(self, detail: str, *, offset: int | None, record: int | None, code: str = "damaged") -> None:
+        """Damage that costs records: a warning, or :class:`TraceFormatError` under ``strict``."""
+        if self.strict:
+            raise TraceFormatError(self.path, detail, offset=offset, record=record)
+        self.warn(code, detail, offset=offset, record=record)
+
+    @property
+    def warnings(self) -> tuple[TraceWarning, ...]:
+        return tuple(self._warnings.values())
+
+    # --- packets -----------------------------------------------------------------------------------------
+
+    def add(self, chunk: PacketChunk) -> None:
+        """Turn a chunk into canonical columns (all but ``batch``) right away."""
+        n = len(chunk)
+        if n == 0:
+            return
+        lt_of = np.zeros(max(self.interfaces, default=0) + 1, dtype=np.uint16)
+        for iface in self.interfaces.values():
+            lt_of[iface.id] = iface.linktype
+        linktype = lt_of[chunk.interface]
+        cap_len = np.diff(chunk.offsets).astype(np.uint32)
+        hdr = header_lengths(linktype, chunk.buf, chunk.offsets)
+        direction = chunk.direction.astype(np.int8, copy=True)
+        unknown = direction == UNKNOWN
+        if unknown.any():
+            derived = link_directions(linktype, chunk.buf, chunk.offsets)
+            direction[unknown] = derived[unknown]
+        for lt in np.unique(linktype).tolist():
+            if not link_header_known(lt):
+                self._unwalked[lt] = self._unwalked.get(lt, 0) + int((linktype == lt).sum())
+        ts = pl.Series("ts_ns", chunk.ts_ns, dtype=pl.Int64)
+        if chunk.ts_missing is not None and chunk.ts_missing.any():
+            ts = pl.select(pl.when(pl.Series(chunk.ts_missing)).then(None).otherwise(ts).alias("ts_ns")).to_series()
+        cols: dict[str, Any] = {
+            "index": pl.Series("index", chunk.record, dtype=pl.UInt32),
+            "ts_ns": ts,
+            "interface": pl.Series("interface", chunk.interface, dtype=pl.UInt16),
+            "linktype": pl.Series("linktype", linktype, dtype=pl.UInt16),
+            "direction": pl.Series("direction", np.asarray(DIRECTIONS, dtype=object)[direction], dtype=Direction),
+            "wire_len": pl.Series("wire_len", chunk.wire_len, dtype=pl.UInt32),
+            "cap_len": pl.Series("cap_len", cap_len, dtype=pl.UInt32),
+            "header_len": pl.Series("header_len", hdr, dtype=pl.UInt16),
+        }
+        if self.keep_data:
+            offsets = np.ascontiguousarray(chunk.offsets - chunk.offsets[0], dtype=np.int64)
+            values = np.ascontiguousarray(chunk.buf[int(chunk.offsets[0]) : int(chunk.offsets[-1])])
+            arrow = pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(values)])
+            cols["data"] = pl.Series("data", arrow, dtype=pl.Binary)
+        self._parts.append(pl.DataFrame(cols))
+        self.packets += n
+
+    # --- result ------------------------------------------------------------------------------------------
+
+    def build(
+        self,
+        *,
+        sha256: str,
+        size: int,
+        fmt: str,
+        compression: str | None,
+        reader: str = "fast",
+        batching: str = "none",
+        details: dict[str, Any] | None = None,
+        extra_columns: dict[str, pl.Series] | None = None,
+    ) -> Trace:
+        """The finished, validated Trace."""
+        for lt, count in sorted(self._unwalked.items()):
+            self.warn(
+                "link-header-only",
+                f"link type {linktype_name(lt)} is not walked beyond its link header; "
+                f"header_len covers the link header only ({count} packets)",
+            )
+        schema = {k: v for k, v in SCHEMA.items() if k != "batch" and (self.keep_data or k != "data")}
+        if self._parts:
+            frame = pl.concat(self._parts, how="vertical", rechunk=True)
+        else:
+            frame = pl.DataFrame(schema=schema)
+        self._parts.clear()
+        if extra_columns:
+            frame = frame.with_columns(**extra_columns)
+        rule = parse_batching(batching)
+        frame = frame.with_columns(assign_batches(frame, rule))
+        order = [c for c in SCHEMA if c in frame.columns] + [c for c in frame.columns if c not in SCHEMA]
+        frame = frame.select(order)
+        meta = TraceMeta(
+            source=str(self.path),
+            sha256=sha256,
+            size=size,
+            format=fmt,
+            compression=compression,
+            reader=reader,
+            interfaces=tuple(self.interfaces[k] for k in sorted(self.interfaces)),
+            warnings=self.warnings,
+            batching=str(rule),
+            has_data=self.keep_data,
+            details=details or {},
+        )
+        return Trace(frame, meta).validate()
