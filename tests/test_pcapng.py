@@ -31,7 +31,9 @@ def _shb(e: str = "<", version: tuple[int, int] = (1, 0)) -> bytes:
 
 
 def _idb(e: str, linktype: int = 1, snaplen: int = 0, *opts: bytes) -> bytes:
-    return _blk(e, IDB, struct.pack(e + "HHI", linktype, 0, snaplen) + b"".join(opts) + (_opt(e, 0, b"") if opts else b""))
+    return _blk(
+        e, IDB, struct.pack(e + "HHI", linktype, 0, snaplen) + b"".join(opts) + (_opt(e, 0, b"") if opts else b"")
+    )
 
 
 def _epb(e: str, iface: int, ticks: int, data: bytes, wire: int | None = None, flags: int | None = None) -> bytes:
@@ -195,7 +197,9 @@ def test_unknown_version(tmp_path: Path, version: tuple[int, int]) -> None:
 
 @pytest.mark.parametrize("chunk", [16, 50, 1000], ids=lambda c: f"chunk{c}")
 def test_blocks_across_chunk_boundaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
-    packets = [(i % 2, T0 + i, bytes([i % 256]) * (60 + i % 90), 1514, ("send", "recv", "unknown")[i % 3]) for i in range(300)]
+    packets = [
+        (i % 2, T0 + i, bytes([i % 256]) * (60 + i % 90), 1514, ("send", "recv", "unknown")[i % 3]) for i in range(300)
+    ]
     path = tmp_path / "m.pcapng"
     write_pcapng(path, packets, interfaces=[WriterInterface(), WriterInterface(linktype=113)])
     whole = open_trace(path)
