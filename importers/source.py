@@ -12,6 +12,7 @@ import hashlib
 import io
 import lzma
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -48,34 +49,52 @@ _FOREIGN_MAGICS: tuple[tuple[bytes, str], ...] = (
 )
 
 
-class _CountingReader(io.RawIOBase):
-    """Reads the raw file, hashing every byte and reporting the position to a progress callback."""
+class _RawReader(io.RawIOBase):
+    """Reads the file itself: feeds every byte to sha256 and reports the position to a progress callback.
+
+    sha256 runs on one background thread, in order: hashlib releases the GIL on large updates, so hashing
+    overlaps parsing instead of adding to it.
+    """
 
     def __init__(self, raw: IO[bytes], progress: Callable[[int], None] | None) -> None:
         self._raw = raw
         self._progress = progress
-        self.hash = hashlib.sha256()
+        self._hash = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ndis-replay-sha256")
         self.position = 0
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b: Any) -> int:
-        n = self._raw.readinto(b)  # type: ignore[attr-defined]
-        if n:
-            self.hash.update(memoryview(b)[:n])
-            self.position += n
+    def _account(self, data: bytes) -> None:
+        if data:
+            self._pool.submit(self._hash.update, data)
+            self.position += len(data)
             if self._progress is not None:
                 self._progress(self.position)
+
+    def readinto(self, b: Any) -> int:
+        """For decompressors, which read through a buffer of their own."""
+        n = self._raw.readinto(b)  # type: ignore[attr-defined]
+        if n:
+            self._account(bytes(memoryview(b)[:n]))
         return n or 0
+
+    def read_fresh(self, n: int) -> bytes:
+        """Up to ``n`` bytes in a new bytes object (never reused, so it can back zero-copy columns)."""
+        data = self._raw.read(n)
+        self._account(data)
+        return data
 
     def finish(self) -> str:
         """Hash the rest of the file (readers may stop early on damage) and return the hex digest."""
-        while self.read(CHUNK_SIZE):
+        while self.read_fresh(CHUNK_SIZE):
             pass
-        return self.hash.hexdigest()
+        self._pool.shutdown(wait=True)
+        return self._hash.hexdigest()
 
     def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self._raw.close()
         super().close()
 
@@ -98,8 +117,7 @@ class OpenedSource:
     path: Path
     size: int
     compression: str | None
-    stream: IO[bytes]
-    _counter: _CountingReader
+    _counter: _RawReader
     _decompressor: IO[bytes] | None
     _pending: bytes = b""
     _ended: str | None = None  # the decompressor's complaint; "" once reported
@@ -109,7 +127,7 @@ class OpenedSource:
         """The first ``n`` decompressed bytes (fewer if the stream is shorter), without consuming them."""
         while len(self._pending) < n and self._ended is None:
             try:
-                more = self.stream.read(n - len(self._pending))
+                more = self._pull(n - len(self._pending))
             except Exception as exc:
                 if not _is_stream_error(exc):
                     raise
@@ -131,7 +149,7 @@ class OpenedSource:
         self._pending = self._pending[n:]
         while len(out) < n and self._ended is None and not self._eof:
             try:
-                more = self.stream.read(min(n - len(out), _STEP if self._decompressor else n))
+                more = self._pull(n - len(out))
             except Exception as exc:
                 if not _is_stream_error(exc):
                     raise
@@ -146,13 +164,17 @@ class OpenedSource:
             raise _CompressedStreamEnded(detail)
         return out
 
+    def _pull(self, n: int) -> bytes:
+        if self._decompressor is None:
+            return self._counter.read_fresh(n)
+        return self._decompressor.read(min(n, _STEP))
+
     def sha256(self) -> str:
         return self._counter.finish()
 
     def close(self) -> None:
         if self._decompressor is not None:
             self._decompressor.close()
-        self.stream.close()
         self._counter.close()
 
 
@@ -182,12 +204,33 @@ def open_source(path: str | Path, progress: Callable[[int], None] | None = None)
         raise TraceFileError(p, "permission denied") from None
     except IsADirectoryError:
         raise TraceFileError(p, "is a directory") from None
-    counter = _CountingReader(raw, progress)
-    buffered = io.BufferedReader(counter, buffer_size=1 << 20)
-    magic = buffered.peek(8)[:8]
+    counter = _RawReader(raw, progress)
+    magic = counter.read_fresh(8)
     compression = next((name for m, name in _COMPRESSION_MAGICS if magic.startswith(m)), None)
-    decompressor = None if compression is None else _decompressor(compression, buffered)
-    return OpenedSource(p, size, compression, decompressor or buffered, counter, decompressor)
+    if compression is None:
+        return OpenedSource(p, size, None, counter, None, _pending=magic)
+    # Decompressors read through a buffer; the magic goes back in front of the rest of the file.
+    buffered = io.BufferedReader(_Prefixed(magic, counter), buffer_size=1 << 20)
+    return OpenedSource(p, size, compression, counter, _decompressor(compression, buffered))
+
+
+class _Prefixed(io.RawIOBase):
+    """``prefix`` followed by the rest of a raw reader."""
+
+    def __init__(self, prefix: bytes, rest: _RawReader) -> None:
+        self._prefix = prefix
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._prefix:
+            n = min(len(b), len(self._prefix))
+            b[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        return self._rest.readinto(b)
 
 
 def _decompressor(kind: str, raw: IO[bytes]) -> IO[bytes]:

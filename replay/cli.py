@@ -20,6 +20,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ndis_replay import __version__
 from ndis_replay.batching import parse_batching
@@ -235,7 +236,8 @@ def _print_warnings(trace: Trace) -> None:
             where.append(f"byte {w.offset}")
         place = f" at {', '.join(where)}" if where else ""
         times = f" (×{w.count})" if w.count > 1 else ""
-        click.echo(f"{PROG}: warning: {trace.meta.source}: {w.detail}{place}{times}", err=True)
+        detail = w.detail.translate(_CONTROL)
+        click.echo(f"{PROG}: warning: {trace.meta.source}: {detail}{place}{times}", err=True)
 
 
 # --- commands ----------------------------------------------------------------------------------------------
@@ -320,6 +322,14 @@ def inspect(trace_file: Path, reader: str, dissect: bool, strict: bool, as_json:
     _render_summary(summary)
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
+
+
+def _safe(text: object) -> Text:
+    """Text that came from a trace, shown literally: no rich markup, no terminal control characters."""
+    return Text(str(text).translate(_CONTROL))
+
+
 def _fmt_ns_rate(value: float | None, unit: str) -> str:
     return "—" if value is None else f"{value:,.1f} {unit}"
 
@@ -330,7 +340,7 @@ def _render_summary(s: dict[str, Any]) -> None:
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
-    head.add_row("file", s["source"])
+    head.add_row("file", _safe(s["source"]))
     head.add_row("format", f"{s['format']}{comp}, read by the {s['reader']} reader")
     head.add_row("size", f"{s['size']:,} bytes, sha256 {s['sha256'][:16]}…")
     head.add_row("packets", f"{s['packets']:,}")
@@ -353,7 +363,7 @@ def _render_summary(s: dict[str, Any]) -> None:
         name = i["name"] or i["description"] or "—"
         t.add_row(
             str(i["id"]),
-            name,
+            _safe(name),
             i["linktype_name"],
             str(i["snaplen"]),
             i["ts_resolution_ns"],
@@ -400,7 +410,7 @@ def _render_summary(s: dict[str, Any]) -> None:
         t.add_column("protocol")
         t.add_column("packets", justify="right")
         for p in s["protocols"]:
-            t.add_row(p["protocol"], f"{p['packets']:,}")
+            t.add_row(_safe(p["protocol"]), f"{p['packets']:,}")
         console.print(t)
 
     if s["warnings"]:
@@ -410,7 +420,7 @@ def _render_summary(s: dict[str, Any]) -> None:
         for w in s["warnings"]:
             t.add_row(
                 w["code"],
-                w["detail"],
+                _safe(w["detail"]),
                 "—" if w["record"] is None else str(w["record"]),
                 "—" if w["offset"] is None else str(w["offset"]),
                 str(w["count"]),

@@ -7,7 +7,7 @@ from typing import Any
 
 import polars as pl
 
-from ndis_replay.batching import assign_batches, parse_batching
+from ndis_replay.batching import assign_batches, format_duration_ns, parse_batching
 from ndis_replay.importers.headers import linktype_name
 from ndis_replay.trace import DIRECTIONS, Trace
 
@@ -93,7 +93,7 @@ def summarize(trace: Trace) -> dict[str, Any]:
             per_call = b.value_counts().get_column("count")
             calls.append(
                 {
-                    "rule": str(rule) if text != "auto" else f"auto ({rule.kind} {rule.gap_ns} ns)",
+                    "rule": str(rule) if text != "auto" else f"auto (gap={format_duration_ns(rule.gap_ns)})",
                     "calls": int(b.n_unique()),
                     "mean_packets": replayed / b.n_unique(),
                     "max_packets": int(per_call.max()),  # type: ignore[arg-type]

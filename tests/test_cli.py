@@ -22,7 +22,7 @@ T0 = 1_700_000_000_000_000_000
 
 
 def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, env={"COLUMNS": "200"})
 
 
 @pytest.fixture
@@ -170,3 +170,13 @@ def test_end_to_end_as_a_subprocess(tmp_path: Path) -> None:
     )
     assert bad.returncode == ExitCode.BAD_INPUT
     assert bad.stderr.startswith("ndis-replay: error:") and bad.stderr.count("\n") == 1
+
+
+def test_text_from_the_trace_is_shown_literally(tmp_path: Path) -> None:
+    """Interface names are the capturer's text: no rich markup is applied and no terminal escape gets through."""
+    path = tmp_path / "hostile.pcapng"
+    write_pcapng(path, [(0, T0, bytes(60), 60, "send")], interfaces=[WriterInterface(name="[red]eth0\x1b[2J")])
+    result = run("inspect", path)
+    assert result.exit_code == 0
+    assert "[red]eth0\\x1b[2J" in result.stdout
+    assert "\x1b" not in result.stdout
