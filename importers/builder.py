@@ -1,7 +1,7 @@
 """Assembling a :class:`~ndis_replay.trace.Trace` from the chunks a reader produces.
 
 Every reader (pcap, pcapng, tshark, later ETW) hands over :class:`PacketChunk`\\ s — numpy columns plus the
-captured bytes of the chunk's packets in one contiguous buffer — and records interfaces and warnings here.
+buffer the chunk's packets lie in, with each packet's start and length — and records interfaces and warnings here.
 The builder derives what all formats share (header length, link-layer direction, link type per packet,
 batching) and produces the canonical frame. It keeps no per-packet Python objects: a chunk becomes polars
 columns (through a zero-copy Arrow view of its buffer) as soon as it arrives.
@@ -30,15 +30,21 @@ U8 = np.dtype(np.uint8)
 
 @dataclass
 class PacketChunk:
-    """Consecutive packets of one reader, as columns. ``offsets`` has n+1 entries into ``buf``."""
+    """Consecutive packets of one reader, as columns over one buffer.
+
+    Packet ``i`` is ``buf[starts[i] : starts[i] + lengths[i]]``: readers point into the chunk of the file they
+    read (record headers and block framing stay in between), so no packet byte is copied on import. ``buf``
+    must be immutable and not reused: the trace's ``data`` column keeps referring to it.
+    """
 
     record: np.ndarray  # int64, index of the record in the source
     ts_ns: np.ndarray  # int64
     interface: np.ndarray  # uint16
     direction: np.ndarray  # int8 codes SEND/RECV/UNKNOWN
     wire_len: np.ndarray  # uint32
-    buf: np.ndarray  # uint8, the captured bytes of all packets back to back
-    offsets: np.ndarray  # int64, n+1
+    buf: bytes
+    starts: np.ndarray  # int64, byte offset of each packet in buf
+    lengths: np.ndarray  # int64, captured length of each packet
     ts_missing: np.ndarray | None = None  # bool; True where the source has no timestamp
 
     def __len__(self) -> int:
@@ -56,40 +62,61 @@ class PacketChunk:
         ts_missing: Sequence[bool] | None = None,
     ) -> PacketChunk:
         """Build a chunk from per-packet Python values (slow readers such as tshark)."""
-        lens = np.fromiter((len(d) for d in data), dtype=np.int64, count=len(data))
-        offsets = np.zeros(len(data) + 1, dtype=np.int64)
-        np.cumsum(lens, out=offsets[1:])
+        lengths = np.fromiter((len(d) for d in data), dtype=np.int64, count=len(data))
+        starts = np.zeros(len(data), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
         return cls(
             record=np.asarray(record, dtype=np.int64),
             ts_ns=np.asarray(ts_ns, dtype=np.int64),
             interface=np.asarray(interface, dtype=np.uint16),
             direction=np.asarray(direction, dtype=np.int8),
             wire_len=np.asarray(wire_len, dtype=np.uint32),
-            buf=np.frombuffer(b"".join(data), dtype=U8),
-            offsets=offsets,
+            buf=b"".join(data),
+            starts=starts,
+            lengths=lengths,
             ts_missing=None if ts_missing is None else np.asarray(ts_missing, dtype=bool),
         )
 
 
-def gather_ranges(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Copy the non-overlapping, ascending byte ranges ``[start, start+length)`` of ``buf`` back to back.
+def u32_at(buf: bytes, endian: str) -> np.ndarray:
+    """A uint32 view of ``buf`` at *every* byte offset: ``u32_at(buf, "<")[i]`` is the value at ``buf[i:i+4]``.
 
-    Returns ``(data, offsets)``. Vectorised: a difference array marks the ranges, a boolean mask copies them.
+    No copy (strides of one byte), so gathering one field of many records is a single fancy index.
+    """
+    return np.ndarray((max(len(buf) - 3, 0),), dtype=np.dtype(endian + "u4"), buffer=buf, strides=(1,))
+
+
+#: Arrow's BinaryView layout: 16 bytes per value; a value of up to 12 bytes is stored inline.
+_VIEW_INLINE = 12
+
+
+def binary_views(buf: bytes, starts: np.ndarray, lengths: np.ndarray) -> pl.Series:
+    """The packets ``buf[starts[i] : starts[i] + lengths[i]]`` as a polars Binary series, without copying them.
+
+    Builds Arrow BinaryView entries (length, 4-byte prefix, buffer 0, offset; or the bytes inline when 12 or
+    fewer) with numpy, over ``buf`` as the one data buffer; polars stores Binary as views, so the column refers
+    to ``buf`` itself. Offsets are int32 in the format: ``buf`` must be under 2 GiB (chunks are 8 MiB).
     """
     n = len(starts)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    if n == 0:
-        return np.empty(0, dtype=U8), offsets
-    lo = int(starts[0])
-    hi = int(starts[-1] + lengths[-1])
-    window = buf[lo:hi]
-    marks = np.zeros(hi - lo + 1, dtype=np.int8)
-    rel = starts - lo
-    marks[rel] += 1
-    marks[rel + lengths] -= 1
-    mask = np.cumsum(marks[:-1], dtype=np.int8).view(bool)
-    return window[mask], offsets
+    if len(buf) >= 1 << 31:
+        raise ValueError("binary_views: a buffer of 2 GiB or more cannot be viewed")
+    views = np.zeros((n, 4), dtype="<u4")
+    views[:, 0] = lengths
+    views[:, 3] = starts
+    if n and len(buf) >= 4:
+        # the prefix of a long value; garbage (masked below) for short ones near the end of buf
+        u32 = u32_at(buf, "<")
+        views[:, 1] = u32[np.minimum(starts, len(u32) - 1)]  # (take(mode="clip") is 10x slower on this view)
+    short = np.flatnonzero(lengths <= _VIEW_INLINE)
+    if len(short):
+        pos = np.arange(_VIEW_INLINE)
+        inline = np.frombuffer(buf, dtype=U8).take(starts[short, None] + pos, mode="clip") if buf else 0
+        inline = np.where(pos < lengths[short, None], inline, 0).astype(U8)
+        as_bytes = views.view(U8).reshape(n, 16)
+        as_bytes[short, 4:] = inline
+    arrow = pa.Array.from_buffers(pa.binary_view(), n, [None, pa.py_buffer(views), pa.py_buffer(buf)])
+    series = pl.Series("data", arrow)
+    return series
 
 
 class TraceBuilder:
@@ -140,12 +167,12 @@ class TraceBuilder:
         for iface in self.interfaces.values():
             lt_of[iface.id] = iface.linktype
         linktype = lt_of[chunk.interface]
-        cap_len = np.diff(chunk.offsets).astype(np.uint32)
-        hdr = header_lengths(linktype, chunk.buf, chunk.offsets)
-        direction = chunk.direction.astype(np.int8, copy=True)
+        u8 = np.frombuffer(chunk.buf, dtype=U8)
+        hdr = header_lengths(linktype, u8, chunk.starts, chunk.lengths)
+        direction = chunk.direction.astype(np.uint8, copy=True)
         unknown = direction == UNKNOWN
         if unknown.any():
-            derived = link_directions(linktype, chunk.buf, chunk.offsets)
+            derived = link_directions(linktype, u8, chunk.starts, chunk.lengths)
             direction[unknown] = derived[unknown]
         for lt in np.unique(linktype).tolist():
             if not link_header_known(lt):
@@ -158,16 +185,13 @@ class TraceBuilder:
             "ts_ns": ts,
             "interface": pl.Series("interface", chunk.interface, dtype=pl.UInt16),
             "linktype": pl.Series("linktype", linktype, dtype=pl.UInt16),
-            "direction": pl.Series("direction", np.asarray(DIRECTIONS, dtype=object)[direction], dtype=Direction),
+            "direction": pl.Series("direction", direction, dtype=pl.UInt8),  # codes; the Enum is made in build()
             "wire_len": pl.Series("wire_len", chunk.wire_len, dtype=pl.UInt32),
-            "cap_len": pl.Series("cap_len", cap_len, dtype=pl.UInt32),
+            "cap_len": pl.Series("cap_len", chunk.lengths, dtype=pl.UInt32),
             "header_len": pl.Series("header_len", hdr, dtype=pl.UInt16),
         }
         if self.keep_data:
-            offsets = np.ascontiguousarray(chunk.offsets - chunk.offsets[0], dtype=np.int64)
-            values = np.ascontiguousarray(chunk.buf[int(chunk.offsets[0]) : int(chunk.offsets[-1])])
-            arrow = pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(values)])
-            cols["data"] = pl.Series("data", arrow, dtype=pl.Binary)
+            cols["data"] = binary_views(chunk.buf, chunk.starts, chunk.lengths)
         self._parts.append(pl.DataFrame(cols))
         self.packets += n
 
@@ -192,12 +216,16 @@ class TraceBuilder:
                 f"link type {linktype_name(lt)} is not walked beyond its link header; "
                 f"header_len covers the link header only ({count} packets)",
             )
-        schema = {k: v for k, v in SCHEMA.items() if k != "batch" and (self.keep_data or k != "data")}
+        schema: dict[str, Any] = {k: v for k, v in SCHEMA.items() if k != "batch" and (self.keep_data or k != "data")}
+        schema["direction"] = pl.UInt8()
         if self._parts:
             frame = pl.concat(self._parts, how="vertical", rechunk=True)
         else:
             frame = pl.DataFrame(schema=schema)
         self._parts.clear()
+        frame = frame.with_columns(
+            pl.col("direction").replace_strict(list(range(len(DIRECTIONS))), DIRECTIONS, return_dtype=Direction)
+        )
         if extra_columns:
             frame = frame.with_columns(**extra_columns)
         rule = parse_batching(batching)

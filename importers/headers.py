@@ -464,26 +464,34 @@ def _ipv6_extension_headers(
         walking = walking[np.isin(next_header, (*_EXT_LEN8, _EXT_FRAG, _EXT_AH))]
 
 
-def header_lengths(linktypes: np.ndarray, buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def _packet_ranges(
+    caller: str, lt: np.ndarray, data: ByteArray, starts: np.ndarray, lengths: np.ndarray
+) -> tuple[IntArray, IntArray]:
+    """``(start, cap)`` as int64, after checking that every packet lies inside ``data``."""
+    start = np.asarray(starts, dtype=np.int64).reshape(-1)
+    cap = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    if not (len(lt) == len(start) == len(cap)):
+        raise ValueError(f"{caller}: {len(lt)} link types, {len(start)} starts and {len(cap)} lengths")
+    if len(start) and ((start < 0).any() or (cap < 0).any() or (start + cap > len(data)).any()):
+        raise ValueError(f"{caller}: every packet must lie inside buf")
+    return start, cap
+
+
+def header_lengths(linktypes: np.ndarray, buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """:func:`header_length` for many packets at once, vectorised with numpy.
 
     ``linktypes`` (n,) gives each packet's link type (they may differ); packet ``i`` is
-    ``buf[offsets[i]:offsets[i + 1]]`` of the uint8 array ``buf``. Returns uint16 (n,), equal to
-    :func:`header_length` on every packet. Each layer is one set of array operations over all packets;
-    the VLAN-tag and IPv6 extension-header loops run a bounded number of rounds over the packets still in them.
+    ``buf[starts[i]:starts[i] + lengths[i]]`` of the uint8 array ``buf`` (packets may sit anywhere in ``buf``,
+    with gaps between them, as in a pcap or pcapng chunk). Returns uint16 (n,), equal to :func:`header_length`
+    on every packet. Each layer is one set of array operations over all packets; the VLAN-tag and IPv6
+    extension-header loops run a bounded number of rounds over the packets still in them.
     """
     lt = np.asarray(linktypes)
-    offs = np.asarray(offsets, dtype=np.int64)
     data: ByteArray = np.asarray(buf, dtype=np.uint8).reshape(-1)
-    n = len(offs) - 1
-    if n < 0 or len(lt) != n:
-        raise ValueError(f"header_lengths: {len(lt)} link types for {len(offs)} offsets (want n and n + 1)")
+    start, cap = _packet_ranges("header_lengths", lt, data, starts, lengths)
+    n = len(start)
     if n == 0:
         return np.zeros(0, dtype=np.uint16)
-    start = offs[:-1]
-    cap = offs[1:] - start
-    if offs[0] < 0 or offs[-1] > len(data) or (cap < 0).any():
-        raise ValueError("header_lengths: offsets must ascend within buf")
     if len(data) == 0:
         return np.zeros(n, dtype=np.uint16)
     rd = _Bytes(data)
@@ -540,22 +548,20 @@ def header_lengths(linktypes: np.ndarray, buf: np.ndarray, offsets: np.ndarray) 
     return end.astype(np.uint16)
 
 
-def link_directions(linktypes: np.ndarray, buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def link_directions(linktypes: np.ndarray, buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Direction codes (int8: 0 send, 1 recv, 2 unknown) as the link header states them, per packet.
 
-    LINUX_SLL: the packet type (u16 big-endian at offset 0); LINUX_SLL2: the packet type (u8 at offset 10).
-    PACKET_OUTGOING (4) is a send, 0-3 (to us, broadcast, multicast, to another host) are receives; any
-    other value, any other link type, or a packet too short to hold the field is unknown.
+    Packets are given as in :func:`header_lengths`. LINUX_SLL: the packet type (u16 big-endian at offset 0);
+    LINUX_SLL2: the packet type (u8 at offset 10). PACKET_OUTGOING (4) is a send, 0-3 (to us, broadcast,
+    multicast, to another host) are receives; any other value, any other link type, or a packet too short to
+    hold the field is unknown.
     """
     lt = np.asarray(linktypes)
-    offs = np.asarray(offsets, dtype=np.int64)
     data: ByteArray = np.asarray(buf, dtype=np.uint8).reshape(-1)
-    n = len(offs) - 1
-    out = np.full(max(n, 0), _UNKNOWN, dtype=np.int8)
-    if n <= 0 or len(data) == 0:
+    start, cap = _packet_ranges("link_directions", lt, data, starts, lengths)
+    out = np.full(len(start), _UNKNOWN, dtype=np.int8)
+    if len(start) == 0 or len(data) == 0:
         return out
-    start = offs[:-1]
-    cap = offs[1:] - start
     rd = _Bytes(data)
     for linktype, field_end in ((_SLL, 2), (_SLL2, 11)):
         sel = np.flatnonzero((lt == linktype) & (cap >= field_end))

@@ -6,8 +6,9 @@ snaplen, link-type field — then records of a 16-byte header (ts_sec, ts_usec o
 link type in bits 0-15, reserved bits 16-25 (must be zero), and in bits 26-31 whether frames end in an FCS
 and its length in 16-bit words.
 
-The reader walks record headers in Python (the only per-record work) and does everything else with numpy
-over 8 MiB chunks, so memory is bounded by the chunk size plus the columns it produces.
+The reader follows the chain of record lengths in Python (the only per-record work) and does everything else
+with numpy over 8 MiB chunks; packet bytes are never copied: the trace's ``data`` column points into the
+chunks as read.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ndis_replay.errors import TraceFormatError
-from ndis_replay.importers.builder import UNKNOWN, PacketChunk, TraceBuilder, gather_ranges
+from ndis_replay.importers.builder import UNKNOWN, PacketChunk, TraceBuilder, u32_at
 from ndis_replay.importers.source import CHUNK_SIZE, PCAP_MAGICS, OpenedSource, _CompressedStreamEnded
 from ndis_replay.trace import InterfaceInfo
 
@@ -75,7 +76,6 @@ def _records(
     source: OpenedSource, builder: TraceBuilder, endian: str, tick_ns: int, limit: int
 ) -> Iterator[PacketChunk]:
     caplen_at = struct.Struct(endian + "I").unpack_from
-    hdr_dtype = np.dtype(endian + "u4")
     base = GLOBAL_HEADER  # stream offset of buf[0]
     buf = b""
     record = 0
@@ -93,35 +93,32 @@ def _records(
             more = b""
         eof = not more
         buf = buf + more if buf else more
-        # The per-record walk: only the caplen is read here; everything else is vectorised below.
+        # The per-record walk, the only per-packet Python: it follows the caplen chain and nothing else. Every
+        # check (a caplen beyond the limit, the last record running past the buffer) is vectorised afterwards.
         starts: list[int] = []
         append = starts.append
-        pos, end = 0, len(buf)
-        corrupt: tuple[int, int] | None = None
-        while pos + RECORD_HEADER <= end:
-            caplen = caplen_at(buf, pos + 8)[0]
-            if caplen > limit:
-                corrupt = (pos, caplen)
-                break
-            nxt = pos + RECORD_HEADER + caplen
-            if nxt > end:
-                break
+        pos, last = 0, len(buf) - RECORD_HEADER
+        while pos <= last:
             append(pos)
-            pos = nxt
-        if starts:
-            yield _chunk(buf, starts, record, hdr_dtype, tick_ns)
-            record += len(starts)
-        if corrupt is not None:
-            at, caplen = corrupt
-            builder.salvage(
-                f"record {record} claims {caplen} captured bytes, more than the {limit} a record may hold; "
-                "the rest of the file cannot be framed",
-                offset=base + at,
-                record=record,
-            )
-            return
-        base += pos
-        buf = buf[pos:]
+            pos += RECORD_HEADER + caplen_at(buf, pos + 8)[0]
+        if not starts:
+            consumed = 0
+            chunk = None
+        else:
+            chunk, consumed, corrupt = _chunk(buf, starts, pos, record, endian, tick_ns, limit)
+            if chunk is not None:
+                yield chunk
+                record += len(chunk)
+            if corrupt is not None:
+                builder.salvage(
+                    f"record {record} claims {corrupt} captured bytes, more than the {limit} a record may hold; "
+                    "the rest of the file cannot be framed",
+                    offset=base + consumed,
+                    record=record,
+                )
+                return
+        base += consumed
+        buf = buf[consumed:]
     if buf:
         builder.salvage(
             f"the last record is cut short ({len(buf)} bytes left of a record)",
@@ -131,23 +128,41 @@ def _records(
         )
 
 
-def _chunk(buf: bytes, starts: list[int], first_record: int, hdr_dtype: np.dtype, tick_ns: int) -> PacketChunk:
-    u8 = np.frombuffer(buf, dtype=np.uint8)
+def _chunk(
+    buf: bytes, starts: list[int], end_pos: int, first_record: int, endian: str, tick_ns: int, limit: int
+) -> tuple[PacketChunk | None, int, int | None]:
+    """The whole records among ``starts`` as a chunk: ``(chunk, bytes consumed, bad caplen or None)``.
+
+    ``end_pos`` is where the walk ended (past the last record's claimed end). The records before a caplen
+    beyond ``limit`` are kept; so is every record that ends inside ``buf``.
+    """
     pos = np.asarray(starts, dtype=np.int64)
+    u32 = u32_at(buf, endian)
+    caplen = u32[pos + 8].astype(np.int64)
+    consumed = end_pos
+    corrupt: int | None = None
+    bad = np.flatnonzero(caplen > limit)
+    if len(bad):
+        k = int(bad[0])
+        corrupt = int(caplen[k])
+        pos, caplen, consumed = pos[:k], caplen[:k], int(pos[k])
+    elif end_pos > len(buf):  # only the last record can overrun: every other one is followed by a header
+        pos, caplen, consumed = pos[:-1], caplen[:-1], int(pos[-1])
     n = len(pos)
-    fields = u8[pos[:, None] + np.arange(RECORD_HEADER)].view(hdr_dtype).reshape(n, 4)
-    ts_ns = fields[:, 0].astype(np.int64) * 1_000_000_000 + fields[:, 1].astype(np.int64) * tick_ns
-    caplen = fields[:, 2].astype(np.int64)
-    data, offsets = gather_ranges(u8, pos + RECORD_HEADER, caplen)
-    return PacketChunk(
+    if n == 0:
+        return None, consumed, corrupt
+    ts_ns = u32[pos].astype(np.int64) * 1_000_000_000 + u32[pos + 4].astype(np.int64) * tick_ns
+    chunk = PacketChunk(
         record=np.arange(first_record, first_record + n, dtype=np.int64),
         ts_ns=ts_ns,
         interface=np.zeros(n, dtype=np.uint16),
         direction=np.full(n, UNKNOWN, dtype=np.int8),
-        wire_len=fields[:, 3].copy(),
-        buf=data,
-        offsets=offsets,
+        wire_len=u32[pos + 12],
+        buf=buf,
+        starts=pos + RECORD_HEADER,
+        lengths=caplen,
     )
+    return chunk, consumed, corrupt
 
 
 # --- writer -------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ndis_replay.errors import TraceFormatError
-from ndis_replay.importers.builder import RECV, SEND, UNKNOWN, PacketChunk, TraceBuilder, gather_ranges
+from ndis_replay.importers.builder import RECV, SEND, UNKNOWN, PacketChunk, TraceBuilder, u32_at
 from ndis_replay.importers.source import CHUNK_SIZE, OpenedSource, _CompressedStreamEnded
 from ndis_replay.trace import InterfaceInfo
 
@@ -151,7 +151,7 @@ class _Reader:
         pos, end = 0, len(buf)
         section = self.sections[-1] if self.sections else None
         plain: list[int] = []  # offsets of EPBs without options, extracted vectorised
-        special: list[tuple[int, int, int, int, int, bytes, int]] = []  # (order, iface, ts, wire, dir, data, pos)
+        special: list[tuple[int, int, int, int, int, int, int]] = []  # (kind, iface, ts, wire, dir, data start, caplen)
         order: list[tuple[int, int]] = []  # (0 plain EPB | 1 special, source record index), in file order
         while pos + 12 <= end:
             if buf[pos : pos + 4] == b"\x0a\x0d\x0d\x0a":
@@ -299,7 +299,7 @@ class _Reader:
         base: int,
         section: _Section,
         plain: list[int],
-        special: list[tuple[int, int, int, int, int, bytes, int]],
+        special: list[tuple[int, int, int, int, int, int, int]],
         order: list[tuple[int, int]],
     ) -> None:
         e = section.endian
@@ -328,7 +328,7 @@ class _Reader:
         except _OptionError as exc:
             self.builder.warn("bad-option", f"Enhanced Packet Block: {exc}", offset=base + pos, record=self.record)
         ts = _to_ns(iface, (ts_hi << 32) | ts_lo)
-        special.append((1, iface.global_id, ts, wire, direction, buf[pos + 28 : pos + 28 + caplen], 0))
+        special.append((1, iface.global_id, ts, wire, direction, pos + 28, caplen))
         order.append((1, self._take_record()))
 
     def _spb(
@@ -338,7 +338,7 @@ class _Reader:
         blen: int,
         base: int,
         section: _Section,
-        special: list[tuple[int, int, int, int, int, bytes, int]],
+        special: list[tuple[int, int, int, int, int, int, int]],
         order: list[tuple[int, int]],
     ) -> None:
         self.spb_count += 1
@@ -354,7 +354,7 @@ class _Reader:
         caplen = min(wire, room, iface.snaplen) if iface.snaplen else min(wire, room)
         if self.spb_count == 1:
             self.builder.warn("no-timestamp", "Simple Packet Blocks carry no timestamp; ts_ns is null for them")
-        special.append((2, iface.global_id, 0, wire, UNKNOWN, buf[pos + 12 : pos + 12 + caplen], 0))
+        special.append((2, iface.global_id, 0, wire, UNKNOWN, pos + 12, caplen))
         order.append((1, self._take_record()))
 
     def _pb(
@@ -364,7 +364,7 @@ class _Reader:
         blen: int,
         base: int,
         section: _Section,
-        special: list[tuple[int, int, int, int, int, bytes, int]],
+        special: list[tuple[int, int, int, int, int, int, int]],
         order: list[tuple[int, int]],
     ) -> None:
         self.pb_count += 1
@@ -390,7 +390,7 @@ class _Reader:
         except _OptionError as exc:
             self.builder.warn("bad-option", f"Packet Block: {exc}", offset=base + pos, record=self.record)
         ts = _to_ns(iface, (ts_hi << 32) | ts_lo)
-        special.append((1, iface.global_id, ts, wire, direction, buf[pos + 28 : pos + 28 + caplen], 0))
+        special.append((1, iface.global_id, ts, wire, direction, pos + 28, caplen))
         order.append((1, self._take_record()))
 
     # --- columns -----------------------------------------------------------------------------------------
@@ -399,7 +399,7 @@ class _Reader:
         self,
         buf: bytes,
         plain: list[int],
-        special: list[tuple[int, int, int, int, int, bytes, int]],
+        special: list[tuple[int, int, int, int, int, int, int]],
         order: list[tuple[int, int]],
         section: _Section | None,
     ) -> PacketChunk | None:
@@ -415,15 +415,13 @@ class _Reader:
         wire = np.zeros(n, dtype=np.uint32)
         caplen = np.zeros(n, dtype=np.int64)
         missing = np.zeros(n, dtype=bool)
-        u8 = np.frombuffer(buf, dtype=np.uint8)
+        starts = np.zeros(n, dtype=np.int64)
         is_plain = kinds == 0
-        plain_data = np.empty(0, dtype=np.uint8)
-        plain_offsets = np.zeros(1, dtype=np.int64)
         if plain:
             pos = np.asarray(plain, dtype=np.int64)
-            f = u8[pos[:, None] + np.arange(8, 28)].view(np.dtype(section.endian + "u4")).reshape(len(pos), 5)
-            local = f[:, 0]
-            raw_ts = (f[:, 1].astype(np.uint64) << np.uint64(32)) | f[:, 2].astype(np.uint64)
+            u32 = u32_at(buf, section.endian)
+            local = u32[pos + 8]
+            raw_ts = (u32[pos + 12].astype(np.uint64) << np.uint64(32)) | u32[pos + 16].astype(np.uint64)
             pts = np.zeros(len(pos), dtype=np.int64)
             for li in np.unique(local).tolist():
                 sel = local == li
@@ -431,34 +429,18 @@ class _Reader:
             ts[is_plain] = pts
             gid = np.asarray([i.global_id for i in section.ifaces], dtype=np.uint16)
             iface[is_plain] = gid[local]
-            wire[is_plain] = f[:, 4]
-            caplen[is_plain] = f[:, 3]
-            plain_data, plain_offsets = gather_ranges(u8, pos + 28, f[:, 3].astype(np.int64))
+            wire[is_plain] = u32[pos + 24]
+            caplen[is_plain] = u32[pos + 20]
+            starts[is_plain] = pos + 28
         if special:
             sp = ~is_plain
             ts[sp] = [s[2] for s in special]
             iface[sp] = [s[1] for s in special]
             wire[sp] = [s[3] for s in special]
             direction[sp] = [s[4] for s in special]
-            caplen[sp] = [len(s[5]) for s in special]
+            starts[sp] = [s[5] for s in special]
+            caplen[sp] = [s[6] for s in special]
             missing[sp] = [s[0] == 2 for s in special]
-        if not special:
-            data, offsets = plain_data, plain_offsets
-        else:
-            # Interleave in file order: rare (option-bearing or simple blocks), so a join is fine here.
-            pieces: list[bytes] = []
-            pi = si = 0
-            pview = plain_data.tobytes()
-            for k, _ in order:
-                if k == 0:
-                    pieces.append(pview[plain_offsets[pi] : plain_offsets[pi + 1]])
-                    pi += 1
-                else:
-                    pieces.append(special[si][5])
-                    si += 1
-            data = np.frombuffer(b"".join(pieces), dtype=np.uint8)
-            offsets = np.zeros(n + 1, dtype=np.int64)
-            np.cumsum(caplen, out=offsets[1:])
         plain.clear()
         special.clear()
         order.clear()
@@ -468,8 +450,9 @@ class _Reader:
             interface=iface,
             direction=direction,
             wire_len=wire,
-            buf=data,
-            offsets=offsets,
+            buf=buf,
+            starts=starts,
+            lengths=caplen,
             ts_missing=missing if missing.any() else None,
         )
 

@@ -265,16 +265,20 @@ CASES = [
 
 
 def batch(
-    items: Sequence[tuple[int, bytes]], prefix: bytes = b"\xee\xee\xee", suffix: bytes = b"\x45\x86\xdd"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(linktypes, buf, offsets)`` for ``items`` packed back to back, after ``prefix`` (so offsets[0] > 0)
-    and before ``suffix`` (bytes a read past the last packet would see)."""
+    items: Sequence[tuple[int, bytes]],
+    prefix: bytes = b"\xee\xee\xee",
+    suffix: bytes = b"\x45\x86\xdd",
+    gap: bytes = b"\x08\x00\x45\x0f",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(linktypes, buf, starts, lengths)`` for ``items`` laid out as in a capture chunk: after ``prefix`` (so
+    starts[0] > 0), separated by ``gap`` (like record headers; bytes that look like an ethertype and an IPv4
+    header, so a read past a packet's end would walk on) and before ``suffix``."""
     linktypes = np.array([lt for lt, _ in items], dtype=np.uint16)
-    lens = np.array([len(d) for _, d in items], dtype=np.int64)
-    offsets = np.full(len(items) + 1, len(prefix), dtype=np.int64)
-    offsets[1:] += np.cumsum(lens)
-    buf = np.frombuffer(prefix + b"".join(d for _, d in items) + suffix, dtype=np.uint8)
-    return linktypes, buf, offsets
+    lengths = np.array([len(d) for _, d in items], dtype=np.int64)
+    starts = np.full(len(items), len(prefix), dtype=np.int64)
+    starts[1:] += np.cumsum(lengths[:-1] + len(gap))
+    buf = np.frombuffer(prefix + gap.join(d for _, d in items) + suffix, dtype=np.uint8)
+    return linktypes, buf, starts, lengths
 
 
 def check_batch(items: Sequence[tuple[int, bytes]], prefix: bytes = b"\xee\xee\xee", suffix: bytes = b"") -> None:
@@ -401,29 +405,34 @@ def test_one_link_type_per_batch_matches_reference(
 
 
 def test_empty_batch() -> None:
-    got = header_lengths(np.zeros(0, np.uint16), np.zeros(0, np.uint8), np.zeros(1, np.int64))
+    none = np.zeros(0, np.int64)
+    got = header_lengths(np.zeros(0, np.uint16), np.zeros(0, np.uint8), none, none)
     assert got.dtype == np.uint16
     assert got.shape == (0,)
-    assert link_directions(np.zeros(0, np.uint16), np.zeros(0, np.uint8), np.zeros(1, np.int64)).shape == (0,)
+    assert link_directions(np.zeros(0, np.uint16), np.zeros(0, np.uint8), none, none).shape == (0,)
 
 
 def test_empty_packets_only() -> None:
     lts = np.array([ETHERNET, RAW, SLL], dtype=np.uint16)
-    got = header_lengths(lts, np.zeros(0, np.uint8), np.zeros(4, np.int64))
+    got = header_lengths(lts, np.zeros(0, np.uint8), np.zeros(3, np.int64), np.zeros(3, np.int64))
     assert got.tolist() == [0, 0, 0]
 
 
 @pytest.mark.parametrize(
-    "offsets",
+    ("starts", "lengths"),
     [
-        pytest.param([0, 10, 5], id="descending"),
-        pytest.param([0, 5, 100], id="past-buf"),
-        pytest.param([0, 5], id="wrong-count"),
+        pytest.param([0, 10], [5, 11], id="past-buf"),
+        pytest.param([-1, 5], [1, 1], id="negative-start"),
+        pytest.param([0, 5], [3, -1], id="negative-length"),
+        pytest.param([0], [5], id="wrong-count"),
     ],
 )
-def test_bad_offsets_rejected(offsets: list[int]) -> None:
+def test_packets_outside_buf_rejected(starts: list[int], lengths: list[int]) -> None:
+    args = (np.ones(2, np.uint16), np.zeros(20, np.uint8), np.array(starts, np.int64), np.array(lengths, np.int64))
     with pytest.raises(ValueError):
-        header_lengths(np.ones(2, np.uint16), np.zeros(20, np.uint8), np.array(offsets, np.int64))
+        header_lengths(*args)
+    with pytest.raises(ValueError):
+        link_directions(*args)
 
 
 # --- link-layer direction -----------------------------------------------------------------------------------
