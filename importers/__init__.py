@@ -61,12 +61,22 @@ def open_trace(
         return tshark_trace
     try:
         trace = _read_fast(path, strict=strict, keep_data=keep_data, batching=batching, progress=progress)
-    except UnknownFormat:
+    except UnknownFormat as unknown:
         if reader != "auto" or shutil.which("tshark") is None:
             raise
-        from ndis_replay.importers.dissect import read_with_tshark
+        from ndis_replay.importers.dissect import TsharkCannotRead, read_with_tshark
 
-        fallback: Trace = read_with_tshark(path, strict=strict, keep_data=keep_data, batching=batching, dissect=dissect)
+        try:
+            fallback: Trace = read_with_tshark(
+                path, strict=strict, keep_data=keep_data, batching=batching, dissect=dissect
+            )
+        except TsharkCannotRead as refusal:
+            # tshark knows the file no better (a text file, say): the fast reader's refusal — "not a pcap or
+            # pcapng capture", naming the format when it recognised one — is the clearer message, with the same
+            # exit code (bad input). Its hint to try tshark has been followed already, so it says so instead;
+            # tshark's own refusal is chained to it, for --debug.
+            unknown.hint = "tshark cannot read it either"
+            raise unknown from refusal
         return fallback
     if dissect:
         from ndis_replay.importers.dissect import add_protocols

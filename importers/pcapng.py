@@ -441,6 +441,16 @@ class _Reader:
             starts[sp] = [s[5] for s in special]
             caplen[sp] = [s[6] for s in special]
             missing[sp] = [s[0] == 2 for s in special]
+        out_of_range = ts == OUT_OF_RANGE
+        if out_of_range.any():
+            # a timestamp ts_ns cannot hold (tshark cannot show it either): null, with a warning, never clamped
+            first = int(np.flatnonzero(out_of_range)[0])
+            self.builder.warn(
+                "timestamp-out-of-range",
+                f"interface {int(iface[first])} has timestamps outside the years 1677-2262; ts_ns is null for them",
+                record=int(record[first]),
+            )
+            missing |= out_of_range
         plain.clear()
         special.clear()
         order.clear()
@@ -457,14 +467,21 @@ class _Reader:
         )
 
 
+#: ``ts_ns`` is int64 ns since the epoch (years 1677-2262); a timestamp outside it cannot be represented.
+_NS_MIN, _NS_MAX = -(2**63), 2**63 - 1
+#: Stands in, inside the readers, for a timestamp out of that range; the builder turns it into a null.
+OUT_OF_RANGE = _NS_MIN
+
+
 def _to_ns(iface: _Iface, ticks: int) -> int:
-    """Timestamp ticks of an interface → ns since the epoch (exact integer arithmetic)."""
+    """Timestamp ticks of an interface → ns since the epoch (exact integer arithmetic); :data:`OUT_OF_RANGE`
+    when the result does not fit ``ts_ns``."""
     if iface.pow2 is not None:
         ns = (ticks * 1_000_000_000) >> iface.pow2
     else:
         ns = ticks * iface.ts_num // iface.ts_den
     ns += iface.tsoffset_s * 1_000_000_000
-    return max(min(ns, 2**63 - 1), -(2**63))
+    return ns if _NS_MIN < ns <= _NS_MAX else OUT_OF_RANGE
 
 
 def _to_ns_array(iface: _Iface, ticks: np.ndarray) -> np.ndarray:

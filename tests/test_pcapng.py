@@ -92,6 +92,18 @@ def test_timestamp_resolutions(tmp_path: Path, tsresol: int, ticks: int, expecte
     assert trace.frame["ts_ns"].to_list() == [expected] * 3
 
 
+@pytest.mark.parametrize("flags", [None, 1], ids=["plain-epb", "epb-with-options"])
+def test_timestamp_beyond_int64_ns_is_null_with_a_warning(tmp_path: Path, flags: int | None) -> None:
+    e = "<"
+    huge = 18_446_744_073_204 * 10**6  # µs ticks of 18,446,744,073,204 s, as in a real corpus file
+    content = _shb(e) + _idb(e) + _epb(e, 0, 1_700_000_000 * 10**6, bytes(60), flags=flags)
+    content += _epb(e, 0, huge, bytes(60), flags=flags)
+    trace = open_trace(_file(tmp_path, content))
+    assert trace.frame["ts_ns"].to_list() == [1_700_000_000 * 10**9, None]
+    (warning,) = trace.warnings
+    assert (warning.code, warning.record) == ("timestamp-out-of-range", 1)
+
+
 def test_tsoffset_adds_seconds(tmp_path: Path) -> None:
     e = ">"
     content = _shb(e) + _idb(e, 1, 0, _opt(e, 14, struct.pack(e + "q", 1_000))) + _epb(e, 0, 5_000_000, bytes(60))
