@@ -6,7 +6,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SOURCES := $(wildcard replay/*.py importers/*.py engine/*.py reports/*.py) pyproject.toml
+SOURCES := $(shell find replay importers engine reports -name '*.py' -not -path '*/__pycache__/*') pyproject.toml
 
 .PHONY: demo test lint typecheck samples bench-import tshark clean
 

@@ -36,23 +36,44 @@ print("ok", len(modules), len(resources))
 
 
 def _expected() -> tuple[list[str], list[tuple[str, str]]]:
+    """Every module and data file under the mapped folders, by installed name.
+
+    A folder with an ``__init__.py`` is a subpackage (``engine/ndis/`` → ``ndis_replay.engine.ndis``): it must be
+    listed in ``packages`` too, or its modules are missing from the wheel and their import fails here. Other files
+    in plain folders are data of the nearest package. Folders with a mapping of their own are left to it.
+    """
     mapping: dict[str, str] = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    mapped = {(REPO / folder).resolve() for folder in mapping.values()}
     modules: list[str] = []
     resources: list[tuple[str, str]] = []
     for package, folder in mapping.items():
-        for path in sorted((REPO / folder).rglob("*")):
+        base = REPO / folder
+        for path in sorted(base.rglob("*")):
             if "__pycache__" in path.parts or not path.is_file():
                 continue
-            rel = path.relative_to(REPO / folder)
-            if any((REPO / folder / p).joinpath("__init__.py").is_file() for p in rel.parents if str(p) != "."):
+            parts = path.relative_to(base).parts
+            folders = [base.joinpath(*parts[: i + 1]) for i in range(len(parts) - 1)]
+            if any(f.resolve() in mapped for f in folders):
                 continue  # belongs to a nested package with its own mapping
-            if path.suffix == ".py":
-                stem = path.stem
-                modules.append(package if stem == "__init__" else f"{package}.{stem}")
+            depth = 0
+            while depth < len(folders) and (folders[depth] / "__init__.py").is_file():
+                depth += 1
+            owner = ".".join([package, *parts[:depth]])
+            if path.suffix == ".py" and depth == len(folders):
+                modules.append(owner if path.stem == "__init__" else f"{owner}.{path.stem}")
             else:
-                resources.append((package, str(rel)))
+                resources.append((owner, "/".join(parts[depth:])))
     modules = [m for m in modules if not m.endswith(".__main__")]
     return modules, resources
+
+
+def test_every_subpackage_is_listed() -> None:
+    """Each folder with an ``__init__.py`` under a mapped folder is in ``[tool.setuptools] packages``."""
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    modules, _ = _expected()
+    packages = {m for m in modules if any(other.startswith(m + ".") for other in modules)}
+    packages |= {m.rsplit(".", 1)[0] for m in modules if "." in m}
+    assert packages - set(setuptools["packages"]) == set(), "add these to [tool.setuptools] packages"
 
 
 def test_wheel_installs_every_module_and_resource(tmp_path: Path) -> None:
@@ -96,6 +117,7 @@ def test_wheel_installs_every_module_and_resource(tmp_path: Path) -> None:
     )
     modules, resources = _expected()
     assert "ndis_replay.importers.pcapng" in modules and "ndis_replay.engine" in modules
+    assert "ndis_replay.engine.ndis.structs" in modules
     done = subprocess.run(
         [str(python), "-c", CHECK, json.dumps([modules, resources])],
         capture_output=True,

@@ -17,16 +17,27 @@ mypy_api = pytest.importorskip("mypy.api", reason="mypy is installed by `make te
 
 
 def link_tree(root: Path) -> Path:
-    """Symlinks laid out as the installed package; returns the package folder."""
+    """Symlinks laid out as the installed package; returns the package folder.
+
+    Subpackages without a mapping of their own (``engine/ndis/`` → ``ndis_replay.engine.ndis``) are mirrored
+    inside their parent, as setuptools installs them.
+    """
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
     mapping: dict[str, str] = config["tool"]["setuptools"]["package-dir"]
+    mapped = {(REPO / folder).resolve() for folder in mapping.values()}
     for package, folder in mapping.items():
-        target = root.joinpath(*package.split("."))
-        target.mkdir(parents=True, exist_ok=True)
-        for source in (REPO / folder).iterdir():
-            if source.suffix in (".py", ".typed"):
-                (target / source.name).symlink_to(source)
+        _mirror(REPO / folder, root.joinpath(*package.split(".")), mapped)
     return root / "ndis_replay"
+
+
+def _mirror(folder: Path, target: Path, mapped: set[Path]) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for source in folder.iterdir():
+        if source.is_dir():
+            if source.resolve() not in mapped and (source / "__init__.py").is_file():
+                _mirror(source, target / source.name, mapped)
+        elif source.suffix in (".py", ".typed"):
+            (target / source.name).symlink_to(source)
 
 
 def test_package_type_checks_strictly(tmp_path: Path) -> None:
