@@ -1,6 +1,27 @@
-"""The NDIS object model, pools, verifier, strategies, miniports and the timed replay loop.
+"""The engine: the NDIS object model (:mod:`ndis_replay.engine.ndis`), the verifier
+(:mod:`ndis_replay.engine.verifier`), and — later — strategies, miniports and the timed replay loop (issue 3).
 
-Empty until the engine lands (issue 3); the package exists so the layout and packaging are fixed now.
+The small face the replay loop and reports need: the runtime, the counters and cost profile, the verifier's
+findings and rule table, and the bug-check exception the loop turns into a strategy failure.
 """
 
 from __future__ import annotations
+
+from ndis_replay.engine.ndis.counters import COUNT_DOCS, COUNT_FIELDS, CostProfile, OpCounters
+from ndis_replay.engine.ndis.runtime import Handle, Ndis
+from ndis_replay.engine.verifier import RULES, Finding, NdisBugCheck, OwnerState, Rule, Verifier
+
+__all__ = [
+    "COUNT_DOCS",
+    "COUNT_FIELDS",
+    "RULES",
+    "CostProfile",
+    "Finding",
+    "Handle",
+    "Ndis",
+    "NdisBugCheck",
+    "OpCounters",
+    "OwnerState",
+    "Rule",
+    "Verifier",
+]
