@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SOURCES := $(shell find replay importers engine reports -name '*.py' -not -path '*/__pycache__/*') pyproject.toml
 
-.PHONY: demo test lint typecheck samples bench-import tshark clean
+.PHONY: demo test lint typecheck samples bench-import bench-replay tshark clean
 
 $(BIN)/python:
 	@$(PY) -m venv $(VENV) 2>/dev/null || { \
@@ -26,9 +26,12 @@ $(VENV)/.test: $(BIN)/python $(SOURCES)
 	$(BIN)/pip install -q -e '.[test,bench]'
 	@touch $@ $(VENV)/.runtime
 
-## demo: install, then show what the request/response sample trace holds
+## demo: install, show what the request/response sample trace holds, then replay it through three strategies
+##       (NDIS 5 packet reuse, NDIS 6 allocate-per-send, NDIS 6 NBL reuse) into out/demo (replaced on each run)
 demo: $(VENV)/.runtime
 	$(BIN)/ndis-replay inspect sample_traces/request_response.pcapng
+	$(BIN)/ndis-replay run sample_traces/request_response.pcapng \
+	  --strategy ndis5-reuse --strategy alloc --strategy reuse --rounds 3 --warmup 1 --out out/demo --force
 
 ## test: install what the tests need (Python packages, tshark), then lint, type-check and run the suite
 test: $(VENV)/.test tshark
@@ -51,6 +54,9 @@ samples: $(VENV)/.runtime
 
 bench-import: $(VENV)/.test
 	$(BIN)/python bench/import_bench.py
+
+bench-replay: $(VENV)/.test
+	$(BIN)/python bench/replay_bench.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -8,15 +8,22 @@ Tracebacks appear only with ``--debug``.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
+import os
+import shutil
 import traceback
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
@@ -28,16 +35,25 @@ from ndis_replay.errors import (
     ConfigError,
     EmptyTrace,
     ExitCode,
+    NothingToReplay,
     OutputExists,
     OutputUnwritable,
     ReplayError,
+    ResultsError,
+    ResultsVersionError,
     ToolFailed,
     ToolMissing,
     TraceFileError,
     TraceFormatError,
+    TraceWithoutData,
     UnsupportedLinkType,
 )
 from ndis_replay.trace import Trace
+
+if TYPE_CHECKING:
+    from ndis_replay.results import RunResult, StrategyResult
+    from ndis_replay.runner import RunOptions
+    from ndis_replay.worker import StrategySpec
 
 PROG = "ndis-replay"
 #: Exit code for a bug in ndis-replay itself (BSD sysexits EX_SOFTWARE); the README asks for a report.
@@ -87,6 +103,32 @@ def _(exc: EmptyTrace) -> str:
 
 
 @describe.register
+def _(exc: NothingToReplay) -> str:
+    if exc.packets == 0:
+        return f"{exc.path}: no packets"
+    return (
+        f"{exc.path}: no packets to replay: all {exc.received:,} packets are received (direction recv); "
+        "only send and unknown-direction packets are replayed"
+    )
+
+
+@describe.register
+def _(exc: TraceWithoutData) -> str:
+    return f"{exc.path}: the trace has no packet bytes (imported with --no-data); import it again without --no-data"
+
+
+@describe.register
+def _(exc: ResultsError) -> str:
+    return f"{exc.path}: {exc.reason}"
+
+
+@describe.register
+def _(exc: ResultsVersionError) -> str:
+    versions = ", ".join(str(v) for v in exc.supported)
+    return f"{exc.path}: results format version {exc.version!r}; this ndis-replay reads version {versions}"
+
+
+@describe.register
 def _(exc: ConfigError) -> str:
     choices = f" (valid: {', '.join(exc.choices)})" if exc.choices else ""
     return f"{exc.what} {exc.value!r}: {exc.reason}{choices}"
@@ -117,6 +159,10 @@ def _(exc: ToolFailed) -> str:
 
 class ReplayGroup(click.Group):
     """A click group that turns ReplayError, Ctrl-C and unexpected exceptions into one line and an exit code."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["ndis_replay.argv"] = [PROG, *args]  # the command line, recorded in run.json
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -426,6 +472,562 @@ def _render_summary(s: dict[str, Any]) -> None:
                 str(w["count"]),
             )
         console.print(t)
+
+
+# --- replay: run, verify, strategies, miniports ------------------------------------------------------------------
+
+#: Extensions left out of a trace's name when it names a results directory (capture.pcapng.zst → capture).
+_TRACE_SUFFIXES = (".gz", ".zst", ".zstd", ".xz", ".bz2", ".pcap", ".pcapng", ".cap", ".parquet", ".etl")
+#: Findings listed per strategy in the terminal (run.json has them all).
+FINDINGS_SHOWN = 10
+
+
+def _trace_stem(path: Path) -> str:
+    name = path.name
+    stripped = True
+    while stripped:
+        stripped = False
+        for suffix in _TRACE_SUFFIXES:
+            if name.lower().endswith(suffix) and len(name) > len(suffix):
+                name = name[: -len(suffix)]
+                stripped = True
+    return name
+
+
+@contextmanager
+def _plugin_warnings() -> Iterator[None]:
+    """Print each plugin the registries skipped as one warning line (other warnings pass through)."""
+    from ndis_replay.engine.plugins import PluginWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PluginWarning)
+        yield
+    for w in caught:
+        if isinstance(w.message, PluginWarning):
+            reason = w.message.reason.translate(_CONTROL)
+            click.echo(f"{PROG}: warning: {w.message.group} plugin {w.message.name!r} skipped: {reason}", err=True)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+        click.option(
+            "-s",
+            "--strategy",
+            "strategy_names",
+            multiple=True,
+            required=True,
+            metavar="NAME",
+            help="A strategy to replay (repeat for several): a built-in, a plugin, or a variant defined in "
+            "--config. `ndis-replay strategies` lists them.",
+        ),
+        click.option(
+            "--miniport",
+            "miniport_name",
+            default="loopback",
+            show_default=True,
+            metavar="NAME",
+            help="The miniport at the bottom of the stack (`ndis-replay miniports` lists them).",
+        ),
+        click.option(
+            "--completion",
+            default="sync",
+            show_default=True,
+            metavar="POLICY",
+            help="When the miniport completes sends: sync (inside the send), deferred (on the next poll, like "
+            "a DPC), batched:N (chains of N), delay:DURATION (e.g. delay:50us).",
+        ),
+        _batching_option,
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="TOML file with strategy and miniport parameters and named variants ([strategy.NAME]).",
+        ),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _resolve(
+    strategy_names: Sequence[str], miniport_name: str, completion: str, config_path: Path | None
+) -> tuple[list[StrategySpec], RunOptions]:
+    """Strategy specs and the base run options, validated before any trace is read."""
+    from ndis_replay.engine.config import load_config, resolve_miniport, resolve_strategy
+    from ndis_replay.engine.miniports import CompletionPolicy
+    from ndis_replay.runner import RunOptions
+    from ndis_replay.worker import MiniportSpec, StrategySpec
+
+    policy = CompletionPolicy.parse(completion)
+    with _plugin_warnings():
+        config = load_config(config_path) if config_path is not None else None
+        specs = []
+        for name in dict.fromkeys(strategy_names):  # the same name twice runs once
+            strategy = resolve_strategy(name, config)
+            cls = type(strategy)
+            specs.append(StrategySpec(name, cls, strategy.params, cls.name))
+        miniport = resolve_miniport(miniport_name, config)
+    mspec = MiniportSpec(type(miniport).name, type(miniport), miniport.params)
+    return specs, RunOptions(miniport=mspec, completion=policy, command=tuple(_argv()))
+
+
+def _argv() -> list[str]:
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None and "ndis_replay.argv" not in ctx.meta:
+        ctx = ctx.parent
+    return list(ctx.meta["ndis_replay.argv"]) if ctx is not None else [PROG]
+
+
+@contextmanager
+def _round_progress(label: str) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A progress bar over checked passes and rounds on stderr, when it is a terminal."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+    with Progress(
+        TextColumn(f"{label} [progress.description]{{task.description}}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("starting workers", total=None)
+
+        def update(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+
+        yield update
+
+
+def _fmt_ns(value: float | None) -> str:
+    """A duration for a table, at most 7 characters: 850ns, 4.89µs, 14.1µs, 181µs, 1.25ms, 12.3ms, 2.50s."""
+    if value is None:
+        return "—"
+    for scale, unit in ((1e9, "s"), (1e6, "ms"), (1e3, "µs")):
+        if value >= scale:
+            v = value / scale
+            return f"{v:.2f}{unit}" if v < 10 else f"{v:.1f}{unit}" if v < 100 else f"{v:.0f}{unit}"
+    return f"{value:.0f}ns"
+
+
+#: Counters shown as "allocations per packet": descriptors and buffers handed out.
+_ALLOC_COUNTERS = (
+    "nbl_allocs",
+    "nb_allocs",
+    "mdl_allocs",
+    "ctx_allocs",
+    "packet_allocs",
+    "buffer_allocs",
+    "data_allocs",
+)
+#: Counters shown as "locks per packet": interlocked operations and spin-lock acquisitions.
+_LOCK_COUNTERS = ("interlocked_ops", "spinlock_acquires")
+
+
+def _findings_cell(s: StrategyResult) -> Text:
+    if s.failure is not None:
+        return Text(f"{s.errors} · {s.failure}", style="bold red")
+    if s.errors:
+        return Text(f"{s.errors} error{'s' * (s.errors != 1)}", style="bold red")
+    if s.warnings:
+        return Text(f"0 ({s.warnings} warning{'s' * (s.warnings != 1)})", style="yellow")
+    return Text("0", style="green")
+
+
+def _wide_console() -> Console:
+    """stdout; 150 columns when it is not a terminal and COLUMNS is unset (logs of CI jobs, ``make demo``)."""
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(highlight=False, width=150)
+    return console
+
+
+def _render_run(result: RunResult, out: Path | None) -> None:
+    console = _wide_console()
+    t = result.trace
+    m = result.miniport
+    head = (
+        f"{t['replayed']:,} packets in {t['calls']:,} send calls (batching {result.batching}), "
+        f"{m['name']} miniport, {m['completion']} completion"
+    )
+    if not result.check_only:
+        head += f", {result.rounds} rounds after {result.warmup} warm-up, pacing {result.pacing}"
+    console.print(Text(str(t["path"]).translate(_CONTROL), style="bold"), Text(head))
+    modelled = result.cost_profile is not None
+    table = Table(
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        caption="per packet: allocs = descriptors and buffers allocated, copied = bytes, locks = interlocked and "
+        "spin-lock operations; peak = most NBLs or NDIS_PACKETs outstanding",
+        caption_justify="left",
+    )
+    columns = ["strategy", "packets"]
+    if not result.check_only:
+        columns += ["p50", "p99", "p99.9", "max", "packets/s"]
+    columns += ["allocs", "copied", "locks", "peak"]
+    if modelled:
+        columns.append("modelled")
+    columns.append("findings")
+    for col in columns:
+        table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
+    for s in result.strategies:
+        per = s.counters["per_packet"]
+        row: list[str | Text] = [_safe(s.name), f"{t['replayed']:,}"]
+        if not result.check_only:
+            summary = s.summary or {}
+            pps = summary.get("packets_per_s")
+            row += [
+                _fmt_ns(summary.get("p50_ns")),
+                _fmt_ns(summary.get("p99_ns")),
+                _fmt_ns(summary.get("p999_ns")),
+                _fmt_ns(summary.get("max_ns")),
+                "—" if pps is None else f"{pps:,.0f}",
+            ]
+        peak = max(s.peak_outstanding.get("nbl", 0), s.peak_outstanding.get("packet", 0))
+        row += [
+            f"{sum(per.get(c, 0.0) for c in _ALLOC_COUNTERS):.2f}",
+            f"{per.get('bytes_copied', 0.0):,.1f}",
+            f"{sum(per.get(c, 0.0) for c in _LOCK_COUNTERS):.2f}",
+            f"{peak:,}",
+        ]
+        if modelled:
+            row.append(_fmt_ns(s.modelled_ns_per_packet))
+        row.append(_findings_cell(s))
+        table.add_row(*row)
+    console.print(table)
+    notes = []
+    if result.timer_overhead_ns is not None:
+        notes.append(f"timer: {result.timer_overhead_ns} ns per perf_counter_ns pair")
+    floor = result.measurement_overhead
+    if floor and floor.get("p50_ns") is not None:
+        notes.append(f"harness floor (no-op strategy): p50 {_fmt_ns(floor['p50_ns'])}")
+    if modelled and result.cost_profile is not None:
+        notes.append(f"modelled cost: profile {result.cost_profile['name']!r}")
+    if notes:
+        console.print(Text(" · ".join(notes), style="dim"))
+    _render_findings(console, result)
+    if out is not None:
+        console.print(Text(f"results: {out}"))
+
+
+def _render_findings(console: Console, result: RunResult) -> None:
+    for s in result.strategies:
+        if not s.findings:
+            continue
+        table = Table(title=f"Findings: {s.name}", title_justify="left", box=box.SIMPLE_HEAD)
+        for col in ("rule", "packet", "descriptor", "message"):
+            table.add_column(col, justify="right" if col == "packet" else "left")
+        for f in s.findings[:FINDINGS_SHOWN]:
+            style = "red" if f["severity"] == "error" else "yellow"
+            index = "—" if f["packet_index"] < 0 else str(f["packet_index"])
+            table.add_row(Text(f["rule"], style=style), index, _safe(f["descriptor"]), _safe(f["message"]))
+        total = sum(s.finding_counts.values())
+        if total > FINDINGS_SHOWN:
+            table.caption = f"… {total - FINDINGS_SHOWN:,} more in run.json"
+        console.print(table)
+
+
+def _wire_paths(wire: Path | None, names: Sequence[str], stem: str, several_traces: bool) -> dict[str, Path]:
+    """``--wire out.pcap``: that file for one strategy; ``out.<strategy>.pcap`` for several (and
+    ``out.<trace>.<strategy>.pcap`` for several traces)."""
+    if wire is None:
+        return {}
+    if len(names) == 1 and not several_traces:
+        return {names[0]: wire}
+    base = wire.name[: -len(wire.suffix)] if wire.suffix else wire.name
+    middle = f".{stem}" if several_traces else ""
+    return {name: wire.with_name(f"{base}{middle}.{name}{wire.suffix or '.pcap'}") for name in names}
+
+
+def _remove_outputs(paths: Sequence[Path]) -> None:
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+@cli.command()
+@click.argument("traces", metavar="TRACE...", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@_engine_options
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True, help="Measured rounds.")
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Warm-up rounds (timed, not kept)."
+)
+@click.option(
+    "--pacing",
+    default="asap",
+    show_default=True,
+    metavar="RULE",
+    help="When each send call starts: asap, original (the trace's own gaps), xN (N times the captured rate), "
+    "pps=N. Paced latency is measured from the scheduled time.",
+)
+@click.option(
+    "--cost-profile",
+    "cost_profile_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TOML of nanoseconds per counted operation: adds a modelled cost per packet (no default costs exist).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Results directory (default results/<trace>-<time>); with several traces, a folder for one per trace.",
+)
+@click.option(
+    "--wire",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the frames each strategy's checked pass transmitted to this pcap (out.<strategy>.pcap for several).",
+)
+@click.option("--force", is_flag=True, help="Replace an existing results directory (and --wire files).")
+@_reader_options
+def run(
+    traces: tuple[Path, ...],
+    strategy_names: tuple[str, ...],
+    miniport_name: str,
+    completion: str,
+    batching: str,
+    config_path: Path | None,
+    rounds: int,
+    warmup: int,
+    pacing: str,
+    cost_profile_path: Path | None,
+    out: Path | None,
+    wire: Path | None,
+    force: bool,
+    reader: str,
+    dissect: bool,
+    strict: bool,
+) -> None:
+    """Replay each TRACE through every --strategy: first once under the verifier (untimed; the transmitted bytes
+    are compared with the trace), then warm-up and measured rounds, interleaved across strategies, each strategy
+    in its own worker process.
+
+    TRACE may be a capture or a Parquet trace written by `ndis-replay import`. Each trace gets a results
+    directory (run.json + packets.parquet), written atomically; if the run stops (Ctrl-C, a trace that cannot be
+    used) nothing it wrote is kept. Exits 1 when the verifier found anything.
+    """
+    from ndis_replay.engine.ndis.counters import CostProfile
+    from ndis_replay.engine.replay import parse_pacing
+    from ndis_replay.results import save
+    from ndis_replay.runner import run_trace
+
+    parse_batching(batching)
+    specs, options = _resolve(strategy_names, miniport_name, completion, config_path)
+    profile = CostProfile.from_toml(cost_profile_path) if cost_profile_path is not None else None
+    options = dataclasses.replace(
+        options, rounds=rounds, warmup=warmup, pacing=parse_pacing(pacing), cost_profile=profile
+    )
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    several = len(traces) > 1
+    plan: list[tuple[Path, Path, dict[str, Path]]] = []
+    for trace_file in traces:
+        stem = _trace_stem(trace_file)
+        if out is None:
+            target = Path("results") / f"{stem}-{stamp}"
+        else:
+            target = out / stem if several else out
+        wires = _wire_paths(wire, [s.name for s in specs], stem, several)
+        for path in [target, *wires.values()]:
+            if path.exists() and not force:
+                raise OutputExists(path)
+        plan.append((trace_file, target, wires))
+    if len({target for _, target, _ in plan}) != len(plan):
+        raise ConfigError("TRACE", ", ".join(str(t) for t in traces), "two traces would share a results directory")
+
+    # folders the results will create (the results/ default, --out for several traces): removed on Ctrl-C if empty
+    created = sorted(
+        {parent for _, target, _ in plan for parent in target.parents if not parent.exists()},
+        key=lambda p: len(p.parts),
+        reverse=True,
+    )
+    written: list[Path] = []
+    found = False
+    try:
+        for trace_file, target, wires in plan:
+            trace = _load(trace_file, reader, dissect, strict, batching)
+            _print_warnings(trace)
+            with _round_progress(trace_file.name) as progress:
+                result = run_trace(trace, specs, options, path=trace_file, wire=wires, progress=progress)
+            written.extend(p for p in wires.values() if p.exists())
+            save(result, target, force=force)
+            written.append(target)
+            _render_run(result, target)
+            found = found or not result.ok
+    except BaseException:  # Ctrl-C, or a later trace that cannot be used: the run leaves all or nothing
+        _remove_outputs(written)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    if found:
+        click.get_current_context().exit(int(ExitCode.FINDINGS))
+
+
+@cli.command()
+@click.argument("trace_file", metavar="TRACE", type=click.Path(path_type=Path, dir_okay=False))
+@_engine_options
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON instead of tables.")
+@_reader_options
+def verify(
+    trace_file: Path,
+    strategy_names: tuple[str, ...],
+    miniport_name: str,
+    completion: str,
+    batching: str,
+    config_path: Path | None,
+    as_json: bool,
+    reader: str,
+    dissect: bool,
+    strict: bool,
+) -> None:
+    """Replay TRACE once through each --strategy under the verifier (untimed) and print what it found: rule
+    violations with the packet index and descriptor, and packets whose transmitted bytes differ from the trace.
+
+    Nothing is written. Exits 1 when anything was found.
+    """
+    from ndis_replay.results import dumps
+    from ndis_replay.runner import run_trace
+
+    parse_batching(batching)
+    specs, options = _resolve(strategy_names, miniport_name, completion, config_path)
+    options = dataclasses.replace(options, check_only=True, baseline=False, keep_packets=False)
+    trace = _load(trace_file, reader, dissect, strict, batching)
+    _print_warnings(trace)
+    with _round_progress(trace_file.name) as progress:
+        result = run_trace(trace, specs, options, path=trace_file, progress=progress)
+    if as_json:
+        click.echo(dumps(result), nl=False)
+    else:
+        _render_run(result, None)
+        console = _wide_console()
+        for s in result.strategies:
+            w = s.wire
+            if w.get("ok") is None:
+                wire_text = "not compared (the pass stopped)"
+            else:
+                wire_text = f"{w['matched']:,} of {w['packets']:,} packets transmitted exactly"
+            console.print(Text(f"{s.name}: {s.status}; wire: {wire_text}"))
+    if not result.ok:
+        click.get_current_context().exit(int(ExitCode.FINDINGS))
+
+
+def _param_rows(params_type: type[Any]) -> list[dict[str, Any]]:
+    rows = []
+    for f in dataclasses.fields(params_type):
+        default: object = f.default
+        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        rows.append(
+            {
+                "name": f.name,
+                "type": f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type)),
+                "default": None if default is dataclasses.MISSING else default,
+                "help": str(f.metadata.get("help", "")),
+            }
+        )
+    return rows
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0].strip() if text.strip() else ""
+
+
+def _render_catalogue(kind: str, entries: list[dict[str, Any]], footer: str = "") -> None:
+    console = Console(highlight=False)
+    for e in entries:
+        title = Text(e["name"], style="bold")
+        extra = f"  (NDIS {e['ndis_version']})" if e.get("ndis_version") else ""
+        base = f"  variant of {e['base']}" if e.get("base") and e["base"] != e["name"] else ""
+        origin = f"  [{e['origin']}]" if e.get("origin") else ""
+        console.print(title, Text(f"{extra}{base}{origin}  {e['summary']}".rstrip()))
+        if e.get("doc") and e["doc"] != e["summary"]:
+            console.print(Text(f"    {e['doc']}", style="dim"))
+        if e["params"]:
+            t = Table(box=None, padding=(0, 2), show_edge=False, pad_edge=False)
+            for col in ("parameter", "type", "default", "help"):
+                t.add_column(col, style="cyan" if col == "parameter" else None, overflow="fold")
+            for p in e["params"]:
+                t.add_row("  " + p["name"], p["type"], _safe(json.dumps(p["default"])), _safe(p["help"]))
+            console.print(t)
+        console.print()
+    if footer:
+        console.print(Text(footer, style="dim"))
+
+
+def _origin(cls: type[Any]) -> str:
+    return "built-in" if cls.__module__.startswith("ndis_replay.") else f"plugin {cls.__module__}"
+
+
+@cli.command("strategies")
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), help="Also list its variants."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def strategies_cmd(config_path: Path | None, as_json: bool) -> None:
+    """List the strategies — built-in, plugins (entry-point group ndis_replay.strategies) and, with --config, its
+    variants — with their parameters (name, type, default, help)."""
+    from ndis_replay.engine.config import load_config, resolve_strategy
+    from ndis_replay.engine.strategies import STRATEGIES
+
+    with _plugin_warnings():
+        config = load_config(config_path) if config_path is not None else None
+        names = config.strategy_names() if config is not None else STRATEGIES.available()
+        entries = []
+        for name in names:
+            strategy = resolve_strategy(name, config)
+            cls = type(strategy)
+            params = _param_rows(cls.Params)
+            values = strategy.params.as_dict()
+            for p in params:
+                p["default"] = values.get(p["name"], p["default"])  # a variant's own values
+            entries.append(
+                {
+                    "name": name,
+                    "base": cls.name,
+                    "origin": _origin(cls),
+                    "ndis_version": getattr(cls, "ndis_version", None),
+                    "summary": getattr(cls, "summary", "") or _first_line(cls.describe()),
+                    "doc": _first_line(cls.describe()),
+                    "params": params,
+                }
+            )
+    if as_json:
+        click.echo(json.dumps(entries, indent=2, default=str))
+        return
+    _render_catalogue("strategy", entries)
+
+
+@cli.command("miniports")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def miniports_cmd(as_json: bool) -> None:
+    """List the miniports — built-in and plugins (entry-point group ndis_replay.miniports) — with their parameters,
+    and the completion policies."""
+    from ndis_replay.engine.miniports import COMPLETION_CHOICES, MINIPORTS
+
+    with _plugin_warnings():
+        entries = []
+        for name in MINIPORTS.available():
+            cls = MINIPORTS.get(name)
+            doc = _first_line(cls.__doc__ or "")
+            entries.append(
+                {
+                    "name": name,
+                    "origin": _origin(cls),
+                    "summary": getattr(cls, "summary", "") or doc,
+                    "doc": doc,
+                    "params": _param_rows(cls.Params),
+                }
+            )
+    if as_json:
+        click.echo(json.dumps({"miniports": entries, "completion": list(COMPLETION_CHOICES)}, indent=2, default=str))
+        return
+    _render_catalogue("miniport", entries, f"completion policies (--completion): {', '.join(COMPLETION_CHOICES)}")
 
 
 def main() -> None:

@@ -86,6 +86,42 @@ class EmptyTrace(InputError):
         self.what = what
 
 
+class NothingToReplay(EmptyTrace):
+    """The trace has packets, but none that is sent: every one is a receive (``received`` of ``packets``)."""
+
+    def __init__(self, path: str | Path, packets: int, received: int) -> None:
+        super().__init__(path, "packets to replay")
+        self.args = (path, packets, received)
+        self.packets = packets
+        self.received = received
+
+
+class TraceWithoutData(InputError):
+    """The trace was imported without its packet bytes (``--no-data``), which replay needs."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        self.path = str(path)
+
+
+class ResultsError(InputError):
+    """A results directory cannot be read: ``reason`` says what is wrong with it."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path = str(path)
+        self.reason = reason
+
+
+class ResultsVersionError(ResultsError):
+    """A results directory written in a format version this ndis-replay does not read."""
+
+    def __init__(self, path: str | Path, version: object, supported: Sequence[int]) -> None:
+        super().__init__(path, f"format version {version!r}")
+        self.version = version
+        self.supported = tuple(supported)
+
+
 class TraceFileError(InputError):
     """The file cannot be opened or read at all (missing, a directory, no permission)."""
 

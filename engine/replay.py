@@ -1,0 +1,907 @@
+"""The replay loop: one strategy over one trace's send calls — checked once, then timed round by round.
+
+Array in, array out (DESIGN.md, Native core), so that a compiled core can replace the timed loop without touching
+importers or reports:
+
+* **in** — :class:`ReplayInput`: the replayed packets (direction ``send`` or ``unknown``) in replay order as numpy
+  arrays (trace index, batch, header length, capture time), the send calls as offsets into them (``call_start``),
+  and the frames as one contiguous read-only buffer with offsets. It is built once from a :class:`Trace` and saved
+  as plain ``.npy`` files plus ``frames.bin``, which the worker processes map (:meth:`ReplayInput.load`): every
+  worker shares the same page-cache pages instead of holding its own copy of the trace.
+* **out** — per round, preallocated ``int64`` arrays of ``perf_counter_ns`` readings: per send call the start of
+  build, the end of build and the end of submit; per packet the completion time (written by the miniport into its
+  ``complete_ns`` slot, contract: /tmp/spec/contract.md) and the latency derived from them.
+
+:class:`StrategyReplayer` runs one strategy:
+
+1. :meth:`~StrategyReplayer.check` — the checked pass (untimed): ``Ndis(checked=True)``, every call with
+   ``verifier.packet_index`` set, drain, unbind, ``verifier.finish()``; then the transmitted bytes are compared with
+   the trace packet by packet (rule ``WIRE-BYTES``). A bug check or any exception escaping strategy or miniport code
+   becomes a finding: the harness never crashes on a buggy strategy.
+2. :meth:`~StrategyReplayer.open_timed` binds a fresh strategy to an unchecked runtime, kept for every round (the
+   warm-up rounds bring its pools to steady state, as traffic would on a bound driver);
+   :meth:`~StrategyReplayer.timed_round` replays every call once with the garbage collector off, writing
+   ``perf_counter_ns`` into the preallocated arrays (nothing is allocated per packet by the harness), then drains.
+
+:class:`LoopBaseline` runs the same loop with a strategy that builds nothing and a miniport that completes at once:
+its latency is the harness's own floor (timer reads, array stores, calls), reported as measurement overhead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import mmap
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ndis_replay.engine.miniports.base import CompletionPolicy, WireSink
+from ndis_replay.engine.ndis import Ndis
+from ndis_replay.engine.ndis.counters import COUNT_FIELDS, GAUGE_FIELDS, CostProfile
+from ndis_replay.engine.strategies.base import BindContext, SendCall
+from ndis_replay.engine.verifier import ERROR, Finding, NdisBugCheck
+from ndis_replay.errors import ConfigError, NothingToReplay, TraceWithoutData
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from ndis_replay.engine.miniports.base import Miniport
+    from ndis_replay.engine.strategies.base import Strategy
+    from ndis_replay.trace import Trace
+
+Int64Array = npt.NDArray[np.int64]
+Float64Array = npt.NDArray[np.float64]
+
+_pc = time.perf_counter_ns
+
+#: Findings the harness itself reports (the verifier's rules are in :data:`ndis_replay.engine.verifier.RULES`).
+HARNESS_RULES: dict[str, str] = {
+    "WIRE-BYTES": "the bytes transmitted for a packet differ from the trace's, or the packet was never transmitted",
+    "STRATEGY-EXCEPTION": "strategy or miniport code raised an exception; the harness caught it and stopped the "
+    "strategy",
+    "NOT-COMPLETED": "a packet sent in a timed round was never completed by the miniport",
+    "WORKER-DIED": "the worker process running the strategy ended unexpectedly (killed, out of memory, crashed)",
+}
+#: At most this many WIRE-BYTES findings are kept per strategy (all are counted).
+MAX_WIRE_FINDINGS = 100
+#: BindContext.max_in_flight under delay:DURATION, where the policy bounds nothing (packets).
+DELAY_IN_FLIGHT = 64
+#: Pacing sleeps (instead of spinning) while the next call is due more than this far ahead, in ns.
+SPIN_NS = 1_000_000
+
+
+# --- input -------------------------------------------------------------------------------------------------------
+
+
+_ARRAYS = ("index", "batch", "call_start", "header_len", "frame_offset", "ts_ns")
+#: Packets per slice when frames are written to the replay input (bounds the extra memory of the copy).
+WRITE_SLICE = 65_536
+
+
+def _replayed(trace: Trace, path: str | Path | None) -> tuple[dict[str, Int64Array], pl.Series]:
+    """The arrays of the replayed packets (calls in batch order, packets of a call in trace order) and their
+    ``data`` column in that order."""
+    import polars as pl
+
+    name = path if path is not None else trace.meta.source
+    frame = trace.frame
+    if frame.height == 0:
+        raise NothingToReplay(name, 0, 0)
+    received = int((frame["direction"] == "recv").sum())
+    if received == frame.height:
+        raise NothingToReplay(name, frame.height, received)
+    if "data" not in frame.columns:
+        raise TraceWithoutData(name)
+    sent = frame.filter(pl.col("direction") != "recv") if received else frame
+    if not sent["batch"].is_sorted():
+        sent = sent.sort("batch", maintain_order=True)  # importers' output is sorted already
+    batch = sent["batch"].cast(pl.Int64).to_numpy()
+    cuts = np.flatnonzero(np.diff(batch) != 0) + 1
+    frames = sent["data"].fill_null(b"")
+    lengths = frames.bin.size().cast(pl.Int64).to_numpy()
+    arrays = {
+        "index": sent["index"].cast(pl.Int64).to_numpy(),
+        "batch": batch.astype(np.int64),
+        "call_start": np.concatenate(([0], cuts, [len(batch)])).astype(np.int64),
+        "header_len": sent["header_len"].cast(pl.Int64).to_numpy(),
+        "frame_offset": np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
+        "ts_ns": sent["ts_ns"].fill_null(strategy="forward").fill_null(0).to_numpy().astype(np.int64),
+    }
+    return arrays, frames
+
+
+def _binary_chunk(frames: pl.Series, start: int, length: int) -> memoryview:
+    """The bytes of ``frames[start:start + length]`` back to back (one copy of that slice)."""
+    import pyarrow as pa
+
+    binary = frames.slice(start, length).rechunk().to_arrow()
+    if isinstance(binary, pa.ChunkedArray):
+        binary = binary.combine_chunks()
+    binary = binary.cast(pa.large_binary())
+    _, offsets_buf, data_buf = binary.buffers()
+    if offsets_buf is None or data_buf is None:
+        return memoryview(b"")
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[binary.offset : binary.offset + len(binary) + 1]
+    return memoryview(data_buf).cast("B")[int(offsets[0]) : int(offsets[-1])]
+
+
+@dataclass(frozen=True, eq=False)
+class ReplayInput:
+    """The send calls of one trace as arrays: what the replay loop (and a future compiled core) consumes.
+
+    ``n`` replayed packets in replay order, ``C`` send calls. Packets of call ``k`` are
+    ``call_start[k]:call_start[k + 1]``; the bytes of packet ``i`` are ``data[frame_offset[i]:frame_offset[i + 1]]``.
+    """
+
+    #: [n] the trace ``index`` of each packet (findings and results name packets by it)
+    index: Int64Array
+    #: [n] the trace's ``batch`` value of each packet (its send call under the trace's batching rule)
+    batch: Int64Array
+    #: [C + 1] offsets of the calls into the packet arrays
+    call_start: Int64Array
+    #: [n] bytes of L2-L4 headers of each packet
+    header_len: Int64Array
+    #: [n + 1] offsets of the frames into ``data``
+    frame_offset: Int64Array
+    #: [n] capture time, ns (a missing timestamp repeats the previous one; pacing uses it)
+    ts_ns: Int64Array
+    #: the frames, back to back (read-only)
+    data: memoryview
+
+    @property
+    def packets(self) -> int:
+        """Number of replayed packets."""
+        return len(self.index)
+
+    @property
+    def calls(self) -> int:
+        """Number of send calls."""
+        return len(self.call_start) - 1
+
+    @property
+    def sizes(self) -> Int64Array:
+        """[n] captured length of each frame, bytes."""
+        return np.diff(self.frame_offset)
+
+    @property
+    def max_frame(self) -> int:
+        """Largest frame, bytes."""
+        return int(self.sizes.max()) if self.packets else 0
+
+    @property
+    def max_call(self) -> int:
+        """Most packets in one send call."""
+        return int(np.diff(self.call_start).max()) if self.calls else 0
+
+    def call_of_packet(self) -> Int64Array:
+        """[n] the call number of each packet."""
+        return np.repeat(np.arange(self.calls, dtype=np.int64), np.diff(self.call_start))
+
+    def frame(self, i: int) -> memoryview:
+        """The bytes of packet ``i`` (replay order)."""
+        return self.data[int(self.frame_offset[i]) : int(self.frame_offset[i + 1])]
+
+    def send_calls(self) -> list[SendCall]:
+        """One :class:`SendCall` per call, built once: the timed loop only iterates over them."""
+        offsets = self.frame_offset.tolist()
+        data = self.data
+        frames = [data[a:b] for a, b in pairwise(offsets)]
+        index = self.index.tolist()
+        header = self.header_len.tolist()
+        return [
+            SendCall(k, tuple(index[a:b]), tuple(frames[a:b]), tuple(header[a:b]))
+            for k, (a, b) in enumerate(pairwise(self.call_start.tolist()))
+        ]
+
+    @classmethod
+    def from_trace(cls, trace: Trace, path: str | Path | None = None) -> ReplayInput:
+        """The replayed packets of ``trace`` (direction send or unknown) grouped into calls by its ``batch`` column,
+        in memory (the frames copied into one buffer).
+
+        ``path`` names the trace in errors (default: its source). Raises :class:`NothingToReplay` when no packet is
+        sent and :class:`TraceWithoutData` when the trace was imported without its bytes.
+        """
+        arrays, frames = _replayed(trace, path)
+        data = _binary_chunk(frames, 0, len(frames)) if len(frames) else memoryview(b"")
+        return cls(data=data.toreadonly(), **arrays)
+
+    @classmethod
+    def write(cls, trace: Trace, folder: str | Path, path: str | Path | None = None) -> ReplayInput:
+        """What :meth:`from_trace` gives, written straight into ``folder`` (as :meth:`save` would) a slice of frames
+        at a time — never a second copy of the whole trace in memory — and returned mapped (:meth:`load`)."""
+        arrays, frames = _replayed(trace, path)
+        folder = Path(folder)
+        for name, array in arrays.items():
+            np.save(folder / f"{name}.npy", array, allow_pickle=False)
+        with open(folder / "frames.bin", "wb") as fh:
+            for start in range(0, len(frames), WRITE_SLICE):
+                fh.write(_binary_chunk(frames, start, WRITE_SLICE))
+        return cls.load(folder)
+
+    def save(self, folder: str | Path) -> None:
+        """Write the arrays (``<name>.npy``) and the frames (``frames.bin``) into ``folder`` (which must exist)."""
+        folder = Path(folder)
+        for name in _ARRAYS:
+            np.save(folder / f"{name}.npy", getattr(self, name), allow_pickle=False)
+        with open(folder / "frames.bin", "wb") as fh:
+            fh.write(self.data)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ReplayInput:
+        """Map what :meth:`save` wrote: the frames are a read-only memory map shared with every other reader."""
+        folder = Path(folder)
+        arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in _ARRAYS}
+        with open(folder / "frames.bin", "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            data = memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)) if size else memoryview(b"")
+        return cls(data=data, **arrays)
+
+
+# --- pacing ------------------------------------------------------------------------------------------------------
+
+PACING_CHOICES = ("asap", "original", "xN (e.g. x2: twice the captured rate)", "pps=N (e.g. pps=100000)")
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """When each send call starts: ``asap`` (back to back), ``original`` (the trace's own gaps), ``xN`` (the
+    trace's gaps divided by N) or ``pps=N`` (N packets per second). Under every paced rule a call's latency is
+    measured from its scheduled time, so a stall of the loop is not hidden."""
+
+    kind: str  # "asap" | "original" | "speed" | "pps"
+    factor: float = 1.0
+    rate: float = 0.0
+
+    def __str__(self) -> str:
+        if self.kind == "speed":
+            return f"x{self.factor:g}"
+        if self.kind == "pps":
+            return f"pps={self.rate:g}"
+        return self.kind
+
+    def offsets(self, inp: ReplayInput) -> Int64Array | None:
+        """[C] when each call is due, ns after the round starts; None for ``asap``."""
+        if self.kind == "asap":
+            return None
+        first = inp.call_start[:-1]
+        if self.kind == "pps":
+            return (first.astype(np.float64) * (1e9 / self.rate)).astype(np.int64)
+        ts = inp.ts_ns[first]
+        relative = np.maximum.accumulate(ts - ts[0]) if len(ts) else ts  # out-of-order stamps never go back
+        return (np.maximum(relative, 0) / self.factor).astype(np.int64)
+
+
+def parse_pacing(text: str) -> Pacing:
+    """``asap``, ``original``, ``xN`` (N > 0, e.g. ``x2`` or ``x0.5``), ``pps=N`` (N > 0)."""
+    t = text.strip().lower()
+    if t in ("asap", "original"):
+        return Pacing(t)
+    try:
+        if t.startswith("x"):
+            factor = float(t[1:])
+            if factor > 0 and np.isfinite(factor):
+                return Pacing("speed", factor=factor)
+        elif t.startswith("pps="):
+            rate = float(t[4:])
+            if rate > 0 and np.isfinite(rate):
+                return Pacing("pps", rate=rate)
+    except ValueError:
+        pass
+    raise ConfigError("pacing", text, "unknown pacing", PACING_CHOICES)
+
+
+ASAP = Pacing("asap")
+
+
+# --- timer ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimerCalibration:
+    """Back-to-back ``perf_counter_ns`` pairs: the cost of one timer reading as the loop sees it, ns."""
+
+    median_ns: int
+    min_ns: int
+    samples: int
+
+
+def calibrate_timer(samples: int = 20_000) -> TimerCalibration:
+    """Median and minimum of ``samples`` back-to-back ``perf_counter_ns`` differences (into a preallocated array)."""
+    out = np.empty(samples, dtype=np.int64)
+    view = out.data
+    pc = _pc
+    for i in range(samples):
+        a = pc()
+        b = pc()
+        view[i] = b - a
+    return TimerCalibration(int(np.median(out)), int(out.min()), samples)
+
+
+# --- the loops -----------------------------------------------------------------------------------------------------
+# Three copies of one loop, so that neither the sync policy (nothing to poll) nor asap pacing pays a branch per call.
+# Readings go to locals and are stored only after the call's submit (and poll) returned: inside a packet's latency
+# window the harness adds one timer reading (after build), not three stores. The stores go through memoryviews of
+# the int64 arrays (a third of numpy's item-assignment cost).
+
+_Build = Callable[[SendCall], object]
+_Submit = Callable[[object], None]
+
+
+def _loop(
+    calls: Sequence[SendCall], build: _Build, submit: _Submit, t0: memoryview, t1: memoryview, t2: memoryview
+) -> None:
+    pc = _pc
+    for k, call in enumerate(calls):
+        a = pc()
+        built = build(call)
+        b = pc()
+        submit(built)
+        c = pc()
+        t0[k] = a
+        t1[k] = b
+        t2[k] = c
+
+
+def _loop_poll(
+    calls: Sequence[SendCall],
+    build: _Build,
+    submit: _Submit,
+    poll: Callable[[], None],
+    t0: memoryview,
+    t1: memoryview,
+    t2: memoryview,
+) -> None:
+    pc = _pc
+    for k, call in enumerate(calls):
+        a = pc()
+        built = build(call)
+        b = pc()
+        submit(built)
+        c = pc()
+        poll()
+        t0[k] = a
+        t1[k] = b
+        t2[k] = c
+
+
+def _wait(target: int) -> None:
+    now = _pc()
+    if target - now > SPIN_NS:
+        time.sleep((target - now - SPIN_NS) / 1e9)
+    while _pc() < target:
+        pass
+
+
+def _loop_paced(
+    calls: Sequence[SendCall],
+    build: _Build,
+    submit: _Submit,
+    poll: Callable[[], None] | None,
+    t0: memoryview,
+    t1: memoryview,
+    t2: memoryview,
+    due: list[int],
+) -> None:
+    pc = _pc
+    wait = _wait
+    for k, call in enumerate(calls):
+        if pc() < due[k]:
+            wait(due[k])
+        a = pc()
+        built = build(call)
+        b = pc()
+        submit(built)
+        c = pc()
+        if poll is not None:
+            poll()
+        t0[k] = a
+        t1[k] = b
+        t2[k] = c
+
+
+# --- outcomes ------------------------------------------------------------------------------------------------------
+
+
+def exception_finding(exc: BaseException, packet_index: int, phase: str) -> Finding:
+    """A STRATEGY-EXCEPTION finding naming the exception and the innermost frame it came from."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" in {Path(frames[-1].filename).name}:{frames[-1].lineno} {frames[-1].name}()" if frames else ""
+    return Finding("STRATEGY-EXCEPTION", packet_index, type(exc).__name__, f"{phase}: {exc}{where}".strip(), ERROR)
+
+
+@dataclass
+class CheckOutcome:
+    """What the checked pass found. ``failure`` is None, ``"bugcheck"`` or ``"exception"`` (the pass stopped)."""
+
+    findings: list[Finding]
+    #: findings per rule, including those not kept
+    finding_counts: dict[str, int]
+    failure: str | None
+    #: packets, transmitted, matched, mismatched, missing, extra, ok (None when the pass stopped early)
+    wire: dict[str, Any]
+    #: operation counts of the send calls (after bind, up to and including the final drain)
+    counts: dict[str, int]
+    #: gauges (peaks, modelled memory) at the end of the pass
+    gauges: dict[str, int]
+    #: [n] modelled ns per packet from the call's counts (None without a cost profile)
+    packet_cost_ns: Float64Array | None
+    #: the strategy's own counts (Strategy.stats)
+    stats: dict[str, int]
+    seconds: float
+    #: what the miniport declared at open() (MiniportInfo as a dict; empty if it never opened)
+    miniport_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> int:
+        """Number of error findings counted (kept or not)."""
+        severity = {f.rule: f.severity for f in self.findings}
+        return sum(n for rule, n in self.finding_counts.items() if severity.get(rule, ERROR) == ERROR)
+
+
+@dataclass
+class RoundOutcome:
+    """One timed round: stage times per call, latency per packet (-1: never completed), counts of the round."""
+
+    number: int
+    warmup: bool
+    start_ns: int
+    end_ns: int
+    #: [n] completion − start of the packet's call (asap) or − its scheduled time (paced), ns
+    latency_ns: Int64Array
+    #: [C] build time of each call, ns
+    build_ns: Int64Array
+    #: [C] submit time of each call (includes a synchronous completion), ns
+    send_ns: Int64Array
+    counts: dict[str, int]
+    gauges: dict[str, int]
+    #: set when the round stopped on an exception (the strategy is not timed further)
+    error: Finding | None = None
+    #: [C] how late each call started against its schedule, ns (paced rounds only)
+    lag_ns: Int64Array | None = None
+
+
+class TeeWire(WireSink):
+    """Hands every transmitted packet to several sinks (the checked pass's comparison and ``--wire``)."""
+
+    def __init__(self, *sinks: WireSink) -> None:
+        self.sinks = sinks
+
+    def transmit(self, frames: Sequence[bytes]) -> None:
+        """Forward one packet's frames to every sink."""
+        for sink in self.sinks:
+            sink.transmit(frames)
+
+    def close(self) -> None:
+        """Close every sink."""
+        for sink in self.sinks:
+            sink.close()
+
+
+class CompareWire(WireSink):
+    """Compares each transmitted packet with the trace as it arrives (replay order), keeping only what differs:
+    the checked pass holds no copy of the wire, whatever the trace's size.
+
+    A packet the ``clone`` filter fragmented arrives as several frames, each later one carrying a copy of the
+    packet's ``header_len`` header bytes; it is rejoined as the first fragment plus the rest of each later one
+    (as :meth:`~ndis_replay.engine.miniports.base.ListWire.reassembled` does).
+    """
+
+    def __init__(self, inp: ReplayInput) -> None:
+        self.inp = inp
+        self.position = 0
+        self.mismatched = 0
+        self.count = 0
+        self.findings: list[Finding] = []
+        self._header = inp.header_len.tolist()
+
+    def _add(self, index: int, descriptor: str, message: str) -> None:
+        self.count += 1
+        if len(self.findings) < MAX_WIRE_FINDINGS:
+            self.findings.append(Finding("WIRE-BYTES", index, descriptor, message, ERROR))
+
+    def transmit(self, frames: Sequence[bytes]) -> None:
+        """Compare one packet's frames with the trace's packet at this position."""
+        p = self.position
+        self.position = p + 1
+        if p >= self.inp.packets:
+            return
+        if len(frames) == 1:
+            got = frames[0]
+        else:
+            cut = self._header[p]
+            got = frames[0] + b"".join(frame[cut:] for frame in frames[1:]) if frames else b""
+        expected = self.inp.frame(p)
+        if got == expected:
+            return
+        self.mismatched += 1
+        a = np.frombuffer(got, dtype=np.uint8)
+        b = np.frombuffer(expected, dtype=np.uint8)
+        common = min(len(a), len(b))
+        diff = np.flatnonzero(a[:common] != b[:common])
+        first = int(diff[0]) if len(diff) else common
+        index = int(self.inp.index[p])
+        self._add(
+            index,
+            f"packet {index}",
+            f"transmitted {len(a)} bytes, the trace has {len(b)}; first difference at byte {first}",
+        )
+
+    def finish(self) -> tuple[dict[str, Any], list[Finding], int]:
+        """The summary, the kept WIRE-BYTES findings and how many there were (missing and extra packets added)."""
+        n = self.inp.packets
+        transmitted = self.position
+        for p in range(transmitted, n):
+            index = int(self.inp.index[p])
+            self._add(index, f"packet {index}", "never transmitted")
+        extra = max(0, transmitted - n)
+        if extra:
+            self._add(-1, "wire", f"{extra} packets transmitted beyond the trace's {n}")
+        summary = {
+            "packets": n,
+            "transmitted": transmitted,
+            "matched": min(n, transmitted) - self.mismatched,
+            "mismatched": self.mismatched,
+            "missing": max(0, n - transmitted),
+            "extra": extra,
+            "ok": self.count == 0,
+        }
+        return summary, self.findings, self.count
+
+
+def compare_wire(inp: ReplayInput, transmitted: Sequence[bytes]) -> tuple[dict[str, Any], list[Finding], int]:
+    """Compare a list of transmitted frames (one per packet, replay order) with the trace: the summary, the kept
+    WIRE-BYTES findings (at most :data:`MAX_WIRE_FINDINGS`) and how many there were."""
+    sink = CompareWire(inp)
+    for frame in transmitted:
+        sink.transmit((frame,))
+    return sink.finish()
+
+
+# --- one strategy ------------------------------------------------------------------------------------------------
+
+
+def _counts(ndis: Ndis) -> tuple[int, ...]:
+    return ndis.counters.counts()
+
+
+def _gauges(ndis: Ndis) -> dict[str, int]:
+    snap = ndis.counters.snapshot()
+    return {name: snap[name] for name in GAUGE_FIELDS}
+
+
+class StrategyReplayer:
+    """Replays one strategy over one :class:`ReplayInput`: the checked pass, then timed rounds.
+
+    ``make_strategy`` and ``make_miniport`` build fresh instances (one pair for the checked pass, one for all timed
+    rounds). ``cost_profile`` adds the modelled cost per packet (from the checked pass's per-call counts, which do not
+    depend on the mode).
+    """
+
+    def __init__(
+        self,
+        inp: ReplayInput,
+        make_strategy: Callable[[], Strategy],
+        make_miniport: Callable[[], Miniport],
+        completion: CompletionPolicy,
+        *,
+        pacing: Pacing = ASAP,
+        cost_profile: CostProfile | None = None,
+        max_findings_per_rule: int = 100,
+    ) -> None:
+        self.inp = inp
+        self.make_strategy = make_strategy
+        self.make_miniport = make_miniport
+        self.completion = completion
+        self.pacing = pacing
+        self.cost_profile = cost_profile
+        self.max_findings_per_rule = max_findings_per_rule
+        self.calls = inp.send_calls()
+        self.call_of = inp.call_of_packet()
+        self._offsets = pacing.offsets(inp)
+        self.failed = False
+        #: what the miniport declared at open() (MiniportInfo as a dict), once opened
+        self.miniport_info: dict[str, Any] = {}
+        self._timed: tuple[Ndis, Strategy, Miniport] | None = None
+        n, c = inp.packets, inp.calls
+        # the output arrays, allocated once and reused by every round
+        self._complete = np.full(n, -1, dtype=np.int64)
+        self._t0 = np.zeros(c, dtype=np.int64)
+        self._t1 = np.zeros(c, dtype=np.int64)
+        self._t2 = np.zeros(c, dtype=np.int64)
+
+    def _bind_context(self, ndis: Ndis, miniport: Miniport) -> BindContext:
+        info = miniport.open(ndis, self.completion)
+        self.miniport_info = dataclasses.asdict(info)
+        in_flight = self.completion.max_in_flight(self.inp.max_call)
+        return BindContext(
+            ndis=ndis,
+            miniport=info,
+            max_frame=self.inp.max_frame,
+            max_call=self.inp.max_call,
+            # delay:DURATION bounds nothing a priori: a modest start, reuse-type strategies grow by a counted
+            # fallback allocation when they run dry (contract CHANGES 2)
+            max_in_flight=max(self.inp.max_call, DELAY_IN_FLIGHT) if in_flight is None else in_flight,
+        )
+
+    # --- checked pass ---------------------------------------------------------------------------------------------
+
+    def check(self, wire: WireSink | None = None) -> CheckOutcome:
+        """The untimed checked pass; ``wire`` also receives what was transmitted (``--wire``)."""
+        started = time.perf_counter()
+        ndis = Ndis(checked=True, max_findings_per_rule=self.max_findings_per_rule)
+        verifier = ndis.verifier
+        assert verifier is not None
+        compare = CompareWire(self.inp)
+        sink: WireSink = compare if wire is None else TeeWire(compare, wire)
+        failure: str | None = None
+        extra: list[Finding] = []
+        profile = self.cost_profile
+        priced = list(profile.ns) if profile is not None else []
+        rows = np.zeros((self.inp.calls + 1, len(priced)), dtype=np.int64) if priced else None
+        counters = ndis.counters
+        bound = _counts(ndis)
+        after = bound
+        strategy: Strategy | None = None
+        try:
+            strategy = self.make_strategy()
+            miniport = self.make_miniport()
+            ctx = self._bind_context(ndis, miniport)
+            strategy.bind(ctx)
+            bound = _counts(ndis)
+            miniport.begin(None, sink)
+            build, submit, poll = strategy.build, strategy.submit, miniport.poll
+            for k, call in enumerate(self.calls):
+                verifier.packet_index = call.indices[0]
+                if rows is not None:
+                    rows[k] = [getattr(counters, name) for name in priced]
+                submit(build(call))
+                poll()
+            miniport.drain()
+            after = _counts(ndis)
+            if rows is not None:
+                rows[-1] = [getattr(counters, name) for name in priced]
+            strategy.unbind()
+            miniport.close()
+            verifier.finish()
+        except NdisBugCheck as exc:
+            failure = "bugcheck"
+            if exc.finding not in verifier.findings:
+                extra.append(exc.finding)
+        except Exception as exc:
+            failure = "exception"
+            extra.append(exception_finding(exc, verifier.packet_index, "checked pass"))
+        findings = list(verifier.findings)
+        counts = dict(verifier.counts)
+        if failure is None:
+            wire_summary, wire_findings, wire_count = compare.finish()
+            findings.extend(wire_findings)
+            if wire_count:
+                counts["WIRE-BYTES"] = wire_count
+        else:
+            after = _counts(ndis)
+            wire_summary = {"packets": self.inp.packets, "transmitted": compare.position, "ok": None}
+        for finding in extra:
+            findings.append(finding)
+            counts[finding.rule] = counts.get(finding.rule, 0) + 1
+        cost = None
+        if rows is not None and profile is not None and failure is None:
+            weights = np.array([profile.ns[name] for name in priced], dtype=np.float64)
+            per_call = np.diff(rows, axis=0).astype(np.float64) @ weights
+            sizes = np.diff(self.inp.call_start)
+            cost = (per_call / sizes)[self.call_of]
+        if failure is not None:
+            self.failed = True
+        return CheckOutcome(
+            findings=findings,
+            finding_counts=counts,
+            failure=failure,
+            wire=wire_summary,
+            counts=dict(zip(COUNT_FIELDS, (a - b for a, b in zip(after, bound, strict=True)), strict=True)),
+            gauges=_gauges(ndis),
+            packet_cost_ns=cost,
+            stats=_stats(strategy),
+            seconds=time.perf_counter() - started,
+            miniport_info=dict(self.miniport_info),
+        )
+
+    # --- timed rounds --------------------------------------------------------------------------------------------
+
+    def open_timed(self) -> None:
+        """Bind a fresh strategy to an unchecked runtime; it serves every timed round."""
+        ndis = Ndis(checked=False)
+        strategy = self.make_strategy()
+        miniport = self.make_miniport()
+        strategy.bind(self._bind_context(ndis, miniport))
+        self._timed = (ndis, strategy, miniport)
+
+    def timed_round(self, number: int, warmup: bool) -> RoundOutcome:
+        """Replay every call once, timed, with the garbage collector off; then drain the miniport.
+
+        An exception (a bug check in unchecked mode, anything escaping strategy code) ends the round with ``error``
+        set and marks the strategy failed.
+        """
+        if self._timed is None:
+            self.open_timed()
+        assert self._timed is not None
+        ndis, strategy, miniport = self._timed
+        complete = self._complete
+        complete.fill(-1)
+        self._t2.fill(0)  # a call whose submit never returned keeps 0: that is where an exception happened
+        t0, t1, t2 = self._t0.data, self._t1.data, self._t2.data
+        offsets = self._offsets
+        error: Finding | None = None
+        before = _counts(ndis)
+        miniport.begin(complete, None)
+        poll = None if self.completion.kind == "sync" else miniport.poll
+        build, submit = strategy.build, strategy.submit
+        due: list[int] | None = None
+        gc.collect()  # garbage of earlier rounds is collected here, not in the middle of this one
+        enabled = gc.isenabled()
+        gc.disable()
+        start = end = 0
+        try:
+            start = _pc()
+            if offsets is not None:
+                due = (offsets + start).tolist()
+                _loop_paced(self.calls, build, submit, poll, t0, t1, t2, due)
+            elif poll is None:
+                _loop(self.calls, build, submit, t0, t1, t2)
+            else:
+                _loop_poll(self.calls, build, submit, poll, t0, t1, t2)
+            miniport.drain()
+            end = _pc()
+        except Exception as exc:
+            end = _pc()
+            self.failed = True
+            unfinished = np.flatnonzero(self._t2 == 0)
+            at = int(self.inp.index[self.inp.call_start[unfinished[0]]]) if len(unfinished) else -1
+            error = exc.finding if isinstance(exc, NdisBugCheck) else exception_finding(exc, at, "timed round")
+        finally:
+            if enabled:
+                gc.enable()
+        after = _counts(ndis)
+        start_ref = self._t0 if due is None else np.asarray(due, dtype=np.int64)
+        latency = complete - start_ref[self.call_of]
+        latency[complete < 0] = -1
+        if error is None and (complete < 0).any():
+            missing = int((complete < 0).sum())
+            first = int(self.inp.index[int(np.flatnonzero(complete < 0)[0])])
+            error = Finding("NOT-COMPLETED", first, "timed round", f"{missing} packets were never completed", ERROR)
+            self.failed = True
+        return RoundOutcome(
+            number=number,
+            warmup=warmup,
+            start_ns=start,
+            end_ns=end,
+            latency_ns=latency,
+            build_ns=self._t1 - self._t0,
+            send_ns=self._t2 - self._t1,
+            counts=dict(zip(COUNT_FIELDS, (a - b for a, b in zip(after, before, strict=True)), strict=True)),
+            gauges=_gauges(ndis),
+            error=error,
+            lag_ns=None if due is None else self._t0 - start_ref,
+        )
+
+    def close_timed(self) -> dict[str, int]:
+        """Unbind the timed strategy (after draining) and return its own counts; errors here are ignored (the
+        checked pass judges unbind)."""
+        if self._timed is None:
+            return {}
+        _, strategy, miniport = self._timed
+        self._timed = None
+        stats = _stats(strategy)
+        with contextlib.suppress(Exception):  # a failing unbind was reported by the checked pass already
+            miniport.drain()
+            strategy.unbind()
+            miniport.close()
+        return stats
+
+
+def _stats(strategy: Strategy | None) -> dict[str, int]:
+    if strategy is None:
+        return {}
+    try:
+        return {str(k): int(v) for k, v in strategy.stats().items()}
+    except Exception:
+        return {}
+
+
+# --- the harness floor -------------------------------------------------------------------------------------------
+
+
+class _Noop:
+    """A strategy that builds nothing and a miniport that completes as soon as it is handed a call."""
+
+    __slots__ = ("k", "stamps")
+
+    def __init__(self, complete: Int64Array) -> None:
+        self.stamps = complete.data
+        self.k = 0
+
+    def build(self, call: SendCall) -> object:
+        return call
+
+    def submit(self, built: object) -> None:
+        now = _pc()  # first: what follows is outside the packet's latency, as a miniport's work after its stamp
+        k = self.k
+        n = len(built.indices)  # type: ignore[attr-defined]
+        if n == 1:
+            self.stamps[k] = now
+        else:
+            for i in range(k, k + n):
+                self.stamps[i] = now
+        self.k = k + n
+
+
+@dataclass
+class LoopBaseline:
+    """The timed loop around a no-op strategy: its latency is what the harness itself adds to every packet
+    (timer reads, array stores, two calls), the "measurement overhead" reported beside the strategies."""
+
+    inp: ReplayInput
+    pacing: Pacing = ASAP
+    calls: list[SendCall] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.calls = self.inp.send_calls()
+        self._call_of = self.inp.call_of_packet()
+        self._complete = np.full(self.inp.packets, -1, dtype=np.int64)
+        c = self.inp.calls
+        self._t = [np.zeros(c, dtype=np.int64) for _ in range(3)]
+
+    def timed_round(self, number: int, warmup: bool) -> RoundOutcome:
+        """One round of the no-op loop (asap: the floor does not depend on pacing)."""
+        noop = _Noop(self._complete)
+        t0, t1, t2 = (a.data for a in self._t)
+        gc.collect()
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            start = _pc()
+            _loop(self.calls, noop.build, noop.submit, t0, t1, t2)
+            end = _pc()
+        finally:
+            if enabled:
+                gc.enable()
+        a0, a1, a2 = self._t
+        return RoundOutcome(
+            number=number,
+            warmup=warmup,
+            start_ns=start,
+            end_ns=end,
+            latency_ns=self._complete - a0[self._call_of],
+            build_ns=a1 - a0,
+            send_ns=a2 - a1,
+            counts=dict.fromkeys(COUNT_FIELDS, 0),
+            gauges={},
+        )
+
+
+__all__ = [
+    "ASAP",
+    "HARNESS_RULES",
+    "PACING_CHOICES",
+    "CheckOutcome",
+    "CompareWire",
+    "LoopBaseline",
+    "Pacing",
+    "ReplayInput",
+    "RoundOutcome",
+    "StrategyReplayer",
+    "TeeWire",
+    "TimerCalibration",
+    "calibrate_timer",
+    "compare_wire",
+    "exception_finding",
+    "parse_pacing",
+]

@@ -1,0 +1,346 @@
+"""The results of a run: a directory holding ``run.json`` and ``packets.parquet``, written atomically.
+
+``run.json`` (schema version :data:`RESULTS_FORMAT_VERSION`, key ``format_version``) holds everything but the
+per-packet rows: the tool version and command line, when and where the run happened (host record), which trace
+(path, sha256, packet counts, format), miniport and completion policy, batching rule, rounds, warm-up and pacing,
+the timer calibration and the harness's own measured overhead, and per strategy its parameters (all of them,
+resolved), summary statistics, operation counts per packet and per round, peak outstanding descriptors, memory,
+verifier findings and the wire check. ``packets.parquet`` has one row per packet per measured round per strategy
+(:data:`PACKET_SCHEMA`, plus ``modelled_ns`` when a cost profile was given).
+
+A results directory is written into a temporary sibling directory, then renamed into place: on any failure (or
+Ctrl-C) nothing is left behind, and an existing directory is replaced only when asked (``force``).
+:func:`load` reads one back and refuses a format version it does not know.
+
+Format version history (also in the README):
+
+1 — first version (issue 3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from ndis_replay.errors import OutputExists, OutputUnwritable, ResultsError, ResultsVersionError
+
+#: Version of the results directory format (run.json + packets.parquet). History in the module docstring.
+RESULTS_FORMAT_VERSION = 1
+#: Versions :func:`load` reads.
+SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+RUN_JSON = "run.json"
+PACKETS_PARQUET = "packets.parquet"
+
+#: Columns of packets.parquet (``modelled_ns``, Float64, is added when a cost profile was given).
+PACKET_SCHEMA: dict[str, pl.DataType] = {
+    "strategy": pl.String(),
+    "round": pl.UInt16(),
+    "index": pl.UInt32(),
+    "batch": pl.UInt32(),
+    "size": pl.UInt32(),
+    "latency_ns": pl.Int64(),
+    "build_ns": pl.Int64(),
+    "send_ns": pl.Int64(),
+}
+MODELLED_COLUMN = "modelled_ns"
+
+#: Latency percentiles in the summary: key → percentile.
+PERCENTILES: dict[str, float] = {"p50_ns": 50.0, "p90_ns": 90.0, "p99_ns": 99.0, "p999_ns": 99.9}
+#: Descriptor kinds whose peak outstanding count is reported.
+PEAK_KINDS = ("nbl", "nb", "mdl", "ctx", "packet", "buffer", "data")
+
+
+# --- statistics ------------------------------------------------------------------------------------------------
+
+
+def latency_summary(
+    latencies: Sequence[np.ndarray[Any, Any]],
+    builds: Sequence[np.ndarray[Any, Any]],
+    sends: Sequence[np.ndarray[Any, Any]],
+    walls_ns: Sequence[int],
+    packets: int,
+) -> dict[str, Any]:
+    """Summary statistics over the measured rounds, pooled: latency percentiles, max and mean (ns; packets never
+    completed, latency −1, are left out), packets per second at the median round duration, median build and send
+    time per send call (ns)."""
+    lat = np.concatenate(latencies) if latencies else np.empty(0, dtype=np.int64)
+    lat = lat[lat >= 0]
+    out: dict[str, Any] = {"packets": packets, "rounds": len(latencies), "samples": int(lat.size)}
+    if lat.size:
+        for key, q in PERCENTILES.items():
+            out[key] = float(np.percentile(lat, q))
+        out["max_ns"] = int(lat.max())
+        out["min_ns"] = int(lat.min())
+        out["mean_ns"] = float(lat.mean())
+    else:
+        out.update(dict.fromkeys((*PERCENTILES, "max_ns", "min_ns", "mean_ns")))
+    wall = float(np.median(walls_ns)) if len(walls_ns) else 0.0
+    out["round_seconds"] = wall / 1e9
+    out["packets_per_s"] = packets / (wall / 1e9) if wall > 0 else None
+    build = np.concatenate(builds) if builds else np.empty(0)
+    send = np.concatenate(sends) if sends else np.empty(0)
+    out["build_p50_ns"] = float(np.median(build)) if build.size else None
+    out["send_p50_ns"] = float(np.median(send)) if send.size else None
+    return out
+
+
+def per_packet(totals: dict[str, int], packets: int) -> dict[str, float]:
+    """Counts divided by packets."""
+    return {name: (value / packets if packets else 0.0) for name, value in totals.items()}
+
+
+# --- the data model --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StrategyResult:
+    """One strategy's part of ``run.json``.
+
+    ``status``: ``ok`` (no error finding), ``findings`` (error findings, but it ran through and was timed) or
+    ``failed`` (``failure`` says how: ``bugcheck``, ``exception``, ``worker-died`` in the checked pass, or
+    ``timed-exception``/``not-completed`` in a timed round; it was not timed further).
+    """
+
+    name: str
+    base: str
+    #: ``module:QualifiedName`` of the class
+    cls: str
+    ndis_version: int
+    params: dict[str, Any]
+    status: str
+    failure: str | None
+    timed: bool
+    #: latency_summary() of the measured rounds; None when not timed
+    summary: dict[str, Any] | None
+    #: {"per_packet": counts per packet over the measured rounds, "rounds": counts of each measured round,
+    #: "checked_pass": counts of the checked pass's send calls}
+    counters: dict[str, Any]
+    #: modelled ns per packet (cost profile × counts per packet); None without a profile
+    modelled_ns_per_packet: float | None
+    peak_outstanding: dict[str, int]
+    #: {"modelled_peak_bytes": descriptor and data memory of the model, "worker_peak_rss_bytes": the process's}
+    memory: dict[str, int | None]
+    findings: list[dict[str, Any]]
+    #: findings per rule, including those not kept
+    finding_counts: dict[str, int]
+    errors: int
+    warnings: int
+    wire: dict[str, Any]
+    #: this worker's timer calibration {"median_ns", "min_ns", "samples"}
+    timer: dict[str, int]
+    #: the strategy's own counts (Strategy.stats)
+    stats: dict[str, int] = field(default_factory=dict)
+    check_seconds: float = 0.0
+    #: each measured round's {"round", "start_ns", "end_ns"} (perf_counter_ns: one clock for every process of the
+    #: host, so the interleaving of strategies is visible)
+    round_times: list[dict[str, int]] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    """A run: ``run.json``'s content (the dataclass fields) and the per-packet rows (``packets``)."""
+
+    tool: dict[str, str]
+    command: list[str]
+    #: ISO 8601, UTC
+    created: str
+    host: dict[str, Any]
+    #: path, source, sha256, size, format, packets, replayed, received, calls, linktypes
+    trace: dict[str, Any]
+    #: name, params, completion, backfill, mtu
+    miniport: dict[str, Any]
+    batching: str
+    rounds: int
+    warmup: int
+    pacing: str
+    check_only: bool
+    #: {"name", "source", "ns"} of the cost profile, or None
+    cost_profile: dict[str, Any] | None
+    #: median of the workers' back-to-back perf_counter_ns pairs, ns
+    timer_overhead_ns: int | None
+    #: latency_summary() of the no-op strategy over the same loop: the harness's own cost per packet; None if
+    #: not measured
+    measurement_overhead: dict[str, Any] | None
+    strategies: list[StrategyResult]
+    format_version: int = RESULTS_FORMAT_VERSION
+    packets: pl.DataFrame | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def errors(self) -> int:
+        """Error findings over every strategy."""
+        return sum(s.errors for s in self.strategies)
+
+    @property
+    def ok(self) -> bool:
+        """No error finding and no failed strategy."""
+        return all(s.status == "ok" for s in self.strategies)
+
+    def strategy(self, name: str) -> StrategyResult:
+        """The result of the strategy named ``name`` (KeyError if absent)."""
+        for s in self.strategies:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``run.json``'s document."""
+        doc: dict[str, Any] = {"format_version": self.format_version}
+        for f in dataclasses.fields(self):
+            if f.name in ("packets", "format_version"):
+                continue
+            value = getattr(self, f.name)
+            doc[f.name] = [dataclasses.asdict(s) for s in value] if f.name == "strategies" else value
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], source: str | Path = "run.json") -> RunResult:
+        """Rebuild from ``run.json``'s document (version checked by the caller)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"packets"}
+        strategy_names = {f.name for f in dataclasses.fields(StrategyResult)}
+        missing = sorted(n for n in names if n not in doc and n != "format_version")
+        if missing:
+            raise ResultsError(source, f"run.json lacks {', '.join(missing)}")
+        try:
+            strategies = [
+                StrategyResult(**{k: v for k, v in s.items() if k in strategy_names}) for s in doc["strategies"]
+            ]
+        except TypeError as exc:
+            raise ResultsError(source, f"run.json has an unreadable strategy record ({exc})") from exc
+        values = {k: doc[k] for k in names if k in doc and k != "strategies"}
+        return cls(strategies=strategies, **values)
+
+
+def _json_default(value: object) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def dumps(result: RunResult) -> str:
+    """``run.json``'s text."""
+    return json.dumps(result.to_dict(), indent=2, default=_json_default, allow_nan=False) + "\n"
+
+
+def empty_packets(modelled: bool = False) -> pl.DataFrame:
+    """A zero-row packets frame with the schema."""
+    schema = dict(PACKET_SCHEMA)
+    if modelled:
+        schema[MODELLED_COLUMN] = pl.Float64()
+    return pl.DataFrame(schema=schema)
+
+
+# --- save and load ----------------------------------------------------------------------------------------------
+
+
+def save(result: RunResult, target: str | Path, *, force: bool = False) -> Path:
+    """Write ``result`` as a results directory at ``target``, atomically.
+
+    Everything is written into a temporary sibling directory that is renamed into place at the end; on any
+    failure or interruption the temporary directory is removed and ``target`` is untouched. An existing
+    ``target`` raises :class:`OutputExists` unless ``force``, which replaces it (old one renamed aside, new one
+    renamed in, old one removed).
+    """
+    target = Path(target)
+    if target.exists() and not force:
+        raise OutputExists(target)
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    except OSError as exc:
+        raise OutputUnwritable(target, exc.strerror or str(exc)) from exc
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a results directory is an ordinary folder
+        text = dumps(result)
+        (tmp / RUN_JSON).write_text(text, encoding="utf-8")
+        packets = result.packets
+        if packets is None:
+            packets = empty_packets(result.cost_profile is not None)
+        packets.write_parquet(tmp / PACKETS_PARQUET, statistics=True)
+        if target.exists() or target.is_symlink():
+            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
+            os.replace(target, aside / "old")
+            os.replace(tmp, target)
+            _remove(aside)
+        else:
+            os.rename(tmp, target)
+    except OSError as exc:
+        _remove(tmp)
+        raise OutputUnwritable(target, exc.strerror or str(exc)) from exc
+    except BaseException:
+        _remove(tmp)
+        raise
+    return target
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def load(folder: str | Path, *, packets: bool = True) -> RunResult:
+    """Read a results directory; ``packets=False`` skips ``packets.parquet``.
+
+    Raises :class:`ResultsError` when ``folder`` is not a readable results directory and
+    :class:`ResultsVersionError` when it was written in a format version this ndis-replay does not read.
+    """
+    folder = Path(folder)
+    run_json = folder / RUN_JSON
+    if not run_json.is_file():
+        raise ResultsError(folder, "not a results directory (no run.json)")
+    try:
+        doc = json.loads(run_json.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultsError(folder, f"run.json cannot be read ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(doc, dict):
+        raise ResultsError(folder, "run.json is not a JSON object")
+    version = doc.get("format_version")
+    if version not in SUPPORTED_VERSIONS:
+        raise ResultsVersionError(folder, version, SUPPORTED_VERSIONS)
+    result = RunResult.from_dict(doc, folder)
+    if packets:
+        path = folder / PACKETS_PARQUET
+        if not path.is_file():
+            raise ResultsError(folder, f"{PACKETS_PARQUET} is missing")
+        try:
+            result.packets = pl.read_parquet(path)
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            raise ResultsError(folder, f"{PACKETS_PARQUET} cannot be read ({type(exc).__name__})") from exc
+    return result
+
+
+__all__ = [
+    "MODELLED_COLUMN",
+    "PACKETS_PARQUET",
+    "PACKET_SCHEMA",
+    "PERCENTILES",
+    "RESULTS_FORMAT_VERSION",
+    "RUN_JSON",
+    "SUPPORTED_VERSIONS",
+    "RunResult",
+    "StrategyResult",
+    "latency_summary",
+    "load",
+    "per_packet",
+    "save",
+]

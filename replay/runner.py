@@ -1,0 +1,587 @@
+"""Run orchestration (pyperf's _runner): worker processes, interleaved rounds, and the :class:`RunResult`.
+
+One trace, every strategy, interleaved on one machine (DESIGN.md, Results):
+
+1. The trace becomes a :class:`~ndis_replay.engine.replay.ReplayInput` once, here, and is saved into a temporary
+   folder as ``.npy`` arrays plus ``frames.bin``. Workers map those files instead of re-reading the capture or a
+   Parquet copy: nothing is parsed or validated twice, bad input is refused before any process starts, and the
+   frame bytes live once in the page cache however many workers map them.
+2. One worker process per strategy (forkserver context where the platform has it, else spawn — never plain fork,
+   which would copy the parent's threads and locks), plus one running the no-op strategy that measures the
+   harness's own cost per packet. Workers stay alive for the whole run.
+3. Checked passes run concurrently (untimed; at most one per CPU at a time).
+4. Timed rounds are interleaved — warm-up rounds, then measured rounds, each visiting every worker in turn
+   (A B C, A B C, …) so that drift of the machine hits every strategy alike; only one worker runs at a time.
+   A strategy whose checked pass stopped (bug check, exception) is not timed; one that fails in a timed round is
+   not timed further.
+5. Ctrl-C (or any error) terminates every worker and removes the temporary folder; the caller writes results
+   only from a complete :class:`RunResult`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from ndis_replay import __version__
+from ndis_replay.engine.miniports.base import CompletionPolicy
+from ndis_replay.engine.ndis.counters import COUNT_FIELDS, CostProfile
+from ndis_replay.engine.replay import (
+    ASAP,
+    HARNESS_RULES,
+    CheckOutcome,
+    Pacing,
+    ReplayInput,
+    RoundOutcome,
+    TimerCalibration,
+)
+from ndis_replay.engine.verifier import ERROR, RULES, Finding
+from ndis_replay.errors import ConfigError
+from ndis_replay.host import host_record
+from ndis_replay.results import (
+    MODELLED_COLUMN,
+    PACKET_SCHEMA,
+    PEAK_KINDS,
+    RunResult,
+    StrategyResult,
+    latency_summary,
+    per_packet,
+)
+from ndis_replay.trace import Trace
+from ndis_replay.worker import MiniportSpec, StrategySpec, WorkerJob
+from ndis_replay.worker import main as worker_main
+
+#: Seconds a worker gets to exit after "stop" before it is terminated.
+STOP_TIMEOUT = 5.0
+
+#: progress(description, done, total): called after each checked pass and each timed round.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run: miniport and completion policy, rounds, pacing, cost profile, and what to keep.
+
+    ``check_only`` runs the checked passes and nothing timed (``ndis-replay verify``); ``check=False`` skips them
+    (benchmarks of huge traces only: the CLI always checks); ``baseline`` adds the no-op strategy whose latency is
+    the measurement overhead; ``keep_packets=False`` keeps only summaries (benchmarks on large traces);
+    ``command`` is recorded in run.json.
+    """
+
+    miniport: MiniportSpec
+    completion: CompletionPolicy = field(default_factory=lambda: CompletionPolicy("sync"))
+    rounds: int = 5
+    warmup: int = 1
+    pacing: Pacing = ASAP
+    cost_profile: CostProfile | None = None
+    check_only: bool = False
+    check: bool = True
+    baseline: bool = True
+    keep_packets: bool = True
+    command: tuple[str, ...] = ()
+
+
+def severity(rule: str) -> str:
+    """A finding rule's severity: the verifier's table, or error for the harness's own rules."""
+    known = RULES.get(rule)
+    return known.severity if known is not None else ERROR
+
+
+def modelled_cost(profile: CostProfile, counts: Mapping[str, float]) -> float:
+    """Modelled ns for (fractional) counts per packet: Σ count × ns over the profile's priced counters."""
+    return sum(counts.get(name, 0.0) * ns for name, ns in profile.ns.items())
+
+
+def mp_context(modules: Sequence[str] = ()) -> multiprocessing.context.BaseContext:
+    """forkserver where available (fast worker start, no inherited threads), else spawn.
+
+    The fork server imports the main module (``__main__``: guarded scripts only, the usual multiprocessing rule),
+    the worker and ``modules`` (the strategy classes') once when it starts, so each worker forks with them loaded.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["__main__", "ndis_replay.worker", "ndis_replay.engine.replay", *modules])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+class WorkerDied(Exception):
+    """A worker's pipe closed before it answered (internal to the runner: becomes a WORKER-DIED finding)."""
+
+
+class WorkerCrashed(RuntimeError):
+    """A worker reported an error of the harness itself (not of strategy code); carries its traceback."""
+
+
+class _Worker:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, ctx: multiprocessing.context.BaseContext, name: str, job: WorkerJob) -> None:
+        self.name = name
+        self.job = job
+        self.conn, child = ctx.Pipe()
+        process = ctx.Process(  # type: ignore[attr-defined]
+            target=worker_main, args=(child, job), name=f"ndis-replay worker {name}", daemon=True
+        )
+        try:
+            process.start()
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            self.conn.close()
+            child.close()
+            raise ConfigError(
+                "strategy",
+                name,
+                f"its class cannot be handed to a worker process ({exc}); define it at module level of an "
+                "importable module",
+            ) from exc
+        finally:
+            child.close()
+        self.process: multiprocessing.process.BaseProcess = process
+        self.timer: TimerCalibration | None = None
+        self.dead: str | None = None
+
+    def send(self, *message: object) -> None:
+        try:
+            self.conn.send(message)
+        except (BrokenPipeError, ConnectionResetError, OSError) as exc:
+            raise WorkerDied(self.name) from exc
+
+    def recv(self, expected: str) -> Any:
+        try:
+            kind, payload = self.conn.recv()
+        except (EOFError, ConnectionResetError, OSError) as exc:
+            raise WorkerDied(self.name) from exc
+        if kind == "error":
+            last = str(payload).strip().splitlines()[-1] if str(payload).strip() else "no detail"
+            crash = WorkerCrashed(f"worker {self.name} failed: {last}")
+            crash.add_note(f"worker traceback:\n{payload}")
+            raise crash
+        if kind != expected:
+            raise WorkerCrashed(f"worker {self.name} answered {kind!r}, expected {expected!r}")
+        return payload
+
+    def died(self) -> str:
+        """Why the process is gone: its exit code or signal."""
+        self.process.join(1.0)
+        code = self.process.exitcode
+        if code is None:
+            self.process.terminate()
+            return "stopped answering"
+        return f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+
+    def stop(self) -> None:
+        """Ask the worker to exit; terminate it if it does not."""
+        if self.process.is_alive():
+            with contextlib.suppress(OSError, ValueError):
+                self.conn.send(("stop",))
+            self.process.join(STOP_TIMEOUT)
+        self.kill()
+
+    def kill(self) -> None:
+        """Terminate at once (Ctrl-C, errors)."""
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(STOP_TIMEOUT)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join()
+        self.conn.close()
+
+
+@dataclass
+class _Track:
+    """What the parent collects about one strategy (or the no-op baseline, ``spec`` None) while the run goes."""
+
+    name: str
+    spec: StrategySpec | None
+    worker: _Worker
+    check: CheckOutcome | None = None
+    failure: str | None = None
+    extra_findings: list[Finding] = field(default_factory=list)
+    rounds: list[RoundOutcome] = field(default_factory=list)
+    latencies: list[np.ndarray[Any, Any]] = field(default_factory=list)
+    builds: list[np.ndarray[Any, Any]] = field(default_factory=list)
+    sends: list[np.ndarray[Any, Any]] = field(default_factory=list)
+    walls: list[int] = field(default_factory=list)
+    last_gauges: dict[str, int] = field(default_factory=dict)
+    finished: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def runnable(self) -> bool:
+        return self.failure is None and self.worker.dead is None
+
+
+def _worker_died(track: _Track, phase: str) -> None:
+    reason = track.worker.died()
+    track.worker.dead = reason
+    track.failure = track.failure or "worker-died"
+    track.extra_findings.append(
+        Finding("WORKER-DIED", -1, f"worker {track.name}", f"{phase}: the worker process {reason}", ERROR)
+    )
+
+
+def trace_identity(trace: Trace, inp: ReplayInput, path: str | Path | None) -> dict[str, Any]:
+    """The trace part of run.json."""
+    meta = trace.meta
+    return {
+        "path": str(path if path is not None else meta.source),
+        "source": meta.source,
+        "sha256": meta.sha256,
+        "size": meta.size,
+        "format": meta.format,
+        "compression": meta.compression,
+        "packets": len(trace),
+        "replayed": inp.packets,
+        "received": len(trace) - inp.packets,
+        "calls": inp.calls,
+        "linktypes": list(meta.linktypes),
+        "batching": meta.batching,
+    }
+
+
+def run_trace(
+    trace: Trace,
+    strategies: Sequence[StrategySpec],
+    options: RunOptions,
+    *,
+    path: str | Path | None = None,
+    wire: Mapping[str, Path] | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Replay ``trace`` through every strategy (checked, then timed rounds interleaved) and collect the result.
+
+    ``path`` names the trace as the user gave it; ``wire`` maps strategy names to pcap paths for the frames their
+    checked pass transmitted (written to a temporary name, renamed when the run completes). Raises the trace's input
+    errors (:class:`~ndis_replay.errors.NothingToReplay`, …) before any worker starts.
+    """
+    if not strategies:
+        raise ConfigError("strategy", "", "at least one strategy is needed")
+    names = [s.name for s in strategies]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ConfigError("strategy", dup, "is given more than once")
+    folder = Path(tempfile.mkdtemp(prefix="ndis-replay-input-"))
+    wire_tmp: dict[str, Path] = {}
+    workers: list[_Worker] = []
+    try:
+        inp = ReplayInput.write(trace, folder, path)
+        sends = trace.frame["linktype"].filter(trace.frame["direction"] != "recv")
+        linktype = int(sends[0]) if len(sends) else 1
+        ctx = mp_context(sorted({s.cls.__module__ for s in strategies} | {options.miniport.cls.__module__}))
+        tracks: list[_Track] = []
+        for spec in strategies:
+            wire_path = None
+            if wire and spec.name in wire:
+                target = Path(wire[spec.name])
+                wire_path = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                wire_tmp[spec.name] = wire_path
+            job = WorkerJob(
+                input_dir=str(folder),
+                strategy=spec,
+                miniport=options.miniport,
+                completion=options.completion,
+                pacing=options.pacing,
+                cost_profile=options.cost_profile,
+                wire_path=str(wire_path) if wire_path else None,
+                linktype=linktype,
+            )
+            worker = _Worker(ctx, spec.name, job)
+            workers.append(worker)
+            tracks.append(_Track(spec.name, spec, worker))
+        baseline: _Worker | None = None
+        if options.baseline and not options.check_only:
+            job = WorkerJob(str(folder), None, options.miniport, options.completion, options.pacing)
+            baseline = _Worker(ctx, "(no-op)", job)
+            workers.append(baseline)
+
+        for track in tracks:
+            try:
+                track.worker.timer = track.worker.recv("ready")
+            except WorkerDied:
+                _worker_died(track, "start")
+        if baseline is not None:
+            baseline.timer = baseline.recv("ready")
+
+        total_rounds = 0 if options.check_only else options.warmup + options.rounds
+        pending = [t for t in tracks if t.runnable] if options.check or options.check_only else []
+        total = len(pending) + total_rounds * (len(tracks) + (baseline is not None))
+        done = 0
+
+        def tick(what: str) -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(what, done, total)
+
+        # checked passes, concurrently, at most one per CPU
+        running: dict[Any, _Track] = {}
+        slots = max(1, os.cpu_count() or 1)
+        while pending or running:
+            while pending and len(running) < slots:
+                track = pending.pop(0)
+                try:
+                    track.worker.send("check")
+                    running[track.worker.conn] = track
+                except WorkerDied:
+                    _worker_died(track, "checked pass")
+                    tick(f"checked {track.name}")
+            if not running:
+                continue
+            for conn in multiprocessing.connection.wait(list(running)):
+                track = running.pop(conn)
+                try:
+                    outcome: CheckOutcome = track.worker.recv("checked")
+                    track.check = outcome
+                    if outcome.failure is not None:
+                        track.failure = outcome.failure
+                except WorkerDied:
+                    _worker_died(track, "checked pass")
+                tick(f"checked {track.name}")
+
+        # timed rounds, interleaved
+        floor: _Track | None = None
+        if baseline is not None:
+            floor = _Track("(no-op)", None, baseline)
+        order = ([floor] if floor is not None else []) + tracks
+        for r in range(total_rounds):
+            warm = r < options.warmup
+            number = r if warm else r - options.warmup
+            for track in order:
+                label = f"{'warm-up' if warm else 'round'} {number + 1} {track.name}"
+                if not track.runnable:
+                    tick(label)
+                    continue
+                try:
+                    track.worker.send("round", number, warm)
+                    outcome_r: RoundOutcome = track.worker.recv("round")
+                except WorkerDied:
+                    if track is floor:
+                        raise WorkerCrashed("the no-op baseline worker died") from None
+                    _worker_died(track, f"{'warm-up' if warm else 'measured'} round {number + 1}")
+                    tick(label)
+                    continue
+                _take_round(track, outcome_r, options.keep_packets)
+                tick(label)
+
+        for track in [*tracks, *([floor] if floor is not None else [])]:
+            if track.worker.dead is not None:
+                continue
+            try:
+                track.worker.send("finish")
+                track.finished = track.worker.recv("finished")
+            except WorkerDied:
+                _worker_died(track, "unbind")
+        for worker in workers:
+            worker.stop()
+        for name, tmp in wire_tmp.items():
+            if tmp.exists():
+                os.replace(tmp, Path(wire[name]))  # type: ignore[index]
+        return _result(trace, inp, path, options, tracks, floor)
+    finally:
+        for worker in workers:
+            worker.kill()
+        for tmp in wire_tmp.values():
+            tmp.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _take_round(track: _Track, outcome: RoundOutcome, keep: bool) -> None:
+    """File one round's outcome (measured rounds are kept; every round can end the strategy's timing)."""
+    track.last_gauges = outcome.gauges or track.last_gauges
+    if outcome.error is not None:
+        track.failure = "not-completed" if outcome.error.rule == "NOT-COMPLETED" else "timed-exception"
+        track.extra_findings.append(outcome.error)
+        return
+    if outcome.warmup:
+        return
+    track.latencies.append(outcome.latency_ns)
+    track.walls.append(outcome.end_ns - outcome.start_ns)
+    if keep:
+        track.rounds.append(outcome)
+        track.builds.append(outcome.build_ns)
+        track.sends.append(outcome.send_ns)
+    else:
+        track.builds.append(np.array([np.median(outcome.build_ns)]))
+        track.sends.append(np.array([np.median(outcome.send_ns)]))
+        track.rounds.append(
+            RoundOutcome(
+                outcome.number,
+                False,
+                outcome.start_ns,
+                outcome.end_ns,
+                np.empty(0, dtype=np.int64),
+                np.empty(0, dtype=np.int64),
+                np.empty(0, dtype=np.int64),
+                outcome.counts,
+                outcome.gauges,
+            )
+        )
+
+
+def _timer_dict(timer: TimerCalibration | None) -> dict[str, int]:
+    if timer is None:
+        return {}
+    return {"median_ns": timer.median_ns, "min_ns": timer.min_ns, "samples": timer.samples}
+
+
+def _strategy_result(track: _Track, inp: ReplayInput, options: RunOptions) -> StrategyResult:
+    spec = track.spec
+    assert spec is not None
+    check = track.check
+    findings: list[Finding] = list(check.findings) if check is not None else []
+    counts: dict[str, int] = dict(check.finding_counts) if check is not None else {}
+    for finding in track.extra_findings:
+        findings.append(finding)
+        counts[finding.rule] = counts.get(finding.rule, 0) + 1
+    errors = sum(n for rule, n in counts.items() if severity(rule) == ERROR)
+    warnings = sum(n for rule, n in counts.items() if severity(rule) != ERROR)
+    measured = [r for r in track.rounds if not r.warmup]
+    timed = bool(measured)
+    packets = inp.packets
+    if timed:
+        totals = {name: sum(r.counts[name] for r in measured) for name in COUNT_FIELDS}
+        counts_per_packet = per_packet(totals, packets * len(measured))
+    else:
+        totals = dict(check.counts) if check is not None else dict.fromkeys(COUNT_FIELDS, 0)
+        counts_per_packet = per_packet(totals, packets)
+    gauges = track.last_gauges if timed and track.last_gauges else (check.gauges if check is not None else {})
+    profile = options.cost_profile
+    status = "failed" if track.failure else ("findings" if errors else "ok")
+    summary = latency_summary(track.latencies, track.builds, track.sends, track.walls, packets) if timed else None
+    return StrategyResult(
+        name=spec.name,
+        base=spec.base,
+        cls=f"{spec.cls.__module__}:{spec.cls.__qualname__}",
+        ndis_version=int(getattr(spec.cls, "ndis_version", 0)),
+        params=spec.params.as_dict(),
+        status=status,
+        failure=track.failure,
+        timed=timed,
+        summary=summary,
+        counters={
+            "per_packet": counts_per_packet,
+            "rounds": [r.counts for r in measured],
+            "checked_pass": dict(check.counts) if check is not None else {},
+        },
+        modelled_ns_per_packet=modelled_cost(profile, counts_per_packet) if profile is not None else None,
+        peak_outstanding={kind: int(gauges.get(f"{kind}_peak", 0)) for kind in PEAK_KINDS},
+        memory={
+            "modelled_peak_bytes": int(gauges.get("mem_peak", 0)),
+            "worker_peak_rss_bytes": track.finished.get("peak_rss_bytes"),
+        },
+        findings=[f.to_dict() for f in findings],
+        finding_counts=counts,
+        errors=errors,
+        warnings=warnings,
+        wire=dict(check.wire) if check is not None else {"packets": packets, "ok": None},
+        timer=_timer_dict(track.worker.timer),
+        stats=dict(track.finished.get("stats") or (check.stats if check is not None else {})),
+        check_seconds=check.seconds if check is not None else 0.0,
+        round_times=[{"round": r.number, "start_ns": r.start_ns, "end_ns": r.end_ns} for r in measured],
+    )
+
+
+def _packets_frame(track: _Track, inp: ReplayInput, cost: np.ndarray[Any, Any] | None) -> pl.DataFrame:
+    call_of = inp.call_of_packet()
+    sizes = inp.sizes
+    frames = []
+    for outcome in track.rounds:
+        columns: dict[str, Any] = {
+            "strategy": pl.Series("strategy", [track.name]).new_from_index(0, inp.packets),
+            "round": np.full(inp.packets, outcome.number, dtype=np.uint16),
+            "index": inp.index.astype(np.uint32),
+            "batch": inp.batch.astype(np.uint32),
+            "size": sizes.astype(np.uint32),
+            "latency_ns": outcome.latency_ns,
+            "build_ns": outcome.build_ns[call_of],
+            "send_ns": outcome.send_ns[call_of],
+        }
+        if cost is not None:
+            columns[MODELLED_COLUMN] = cost
+        frames.append(pl.DataFrame(columns))
+    return pl.concat(frames) if frames else pl.DataFrame(schema=PACKET_SCHEMA)
+
+
+def _result(
+    trace: Trace,
+    inp: ReplayInput,
+    path: str | Path | None,
+    options: RunOptions,
+    tracks: list[_Track],
+    floor: _Track | None,
+) -> RunResult:
+    strategies = [_strategy_result(t, inp, options) for t in tracks]
+    timers = [t.worker.timer.median_ns for t in tracks if t.worker.timer is not None]
+    overhead = None
+    if floor is not None and floor.latencies:
+        overhead = latency_summary(floor.latencies, floor.builds, floor.sends, floor.walls, inp.packets)
+        overhead["timer"] = _timer_dict(floor.worker.timer)
+        overhead["worker_peak_rss_bytes"] = floor.finished.get("peak_rss_bytes")
+    miniport_info: dict[str, Any] = next((dict(t.check.miniport_info) for t in tracks if t.check), {})
+    packets = None
+    if options.keep_packets and not options.check_only:
+        profile = options.cost_profile
+        parts = []
+        for track in tracks:
+            cost = track.check.packet_cost_ns if (profile is not None and track.check is not None) else None
+            if profile is not None and cost is None:
+                cost = np.full(inp.packets, np.nan)
+            if track.rounds:
+                parts.append(_packets_frame(track, inp, cost))
+        schema = dict(PACKET_SCHEMA)
+        if profile is not None:
+            schema[MODELLED_COLUMN] = pl.Float64()
+        packets = pl.concat(parts).cast(schema) if parts else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
+    profile = options.cost_profile
+    return RunResult(
+        tool={"name": "ndis-replay", "version": __version__},
+        command=list(options.command),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        host=host_record(),
+        trace=trace_identity(trace, inp, path),
+        miniport={
+            "name": options.miniport.name,
+            "params": options.miniport.params.as_dict(),
+            "completion": str(options.completion),
+            **{k: v for k, v in miniport_info.items() if k not in ("name", "completion")},
+        },
+        batching=trace.meta.batching,
+        rounds=0 if options.check_only else options.rounds,
+        warmup=0 if options.check_only else options.warmup,
+        pacing=str(options.pacing),
+        check_only=options.check_only,
+        cost_profile=(
+            {"name": profile.name, "source": profile.source, "ns": dict(profile.ns)} if profile is not None else None
+        ),
+        timer_overhead_ns=int(np.median(timers)) if timers else None,
+        measurement_overhead=overhead,
+        strategies=strategies,
+        packets=packets,
+    )
+
+
+__all__ = [
+    "HARNESS_RULES",
+    "MiniportSpec",
+    "Progress",
+    "RunOptions",
+    "StrategySpec",
+    "WorkerCrashed",
+    "mp_context",
+    "run_trace",
+    "severity",
+    "trace_identity",
+]

@@ -1,0 +1,121 @@
+"""Strategies with one seeded bug each, and small captures, for the replay-loop, runner and CLI tests.
+
+The strategies live in an importable module (not in a test function) because worker processes receive a strategy
+class by reference and import it. Each subclasses a built-in and changes one thing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ndis_replay.engine.ndis import NetBufferList
+from ndis_replay.engine.strategies.base import SendCall
+from ndis_replay.engine.strategies.common import declare_frames
+from ndis_replay.engine.strategies.reuse import ReuseStrategy
+from ndis_replay.importers.pcapng import WriterInterface, write_pcapng
+
+T0 = 1_700_000_000_000_000_000
+
+
+class StaleDataOffset(ReuseStrategy):
+    """``reuse`` that leaves DataOffset at 4 (as after an old retreat) instead of resetting it to 0: the NB then
+    describes bytes beyond its MDL chain (REUSE-CONSISTENCY) and the wire carries a cut frame (WIRE-BYTES)."""
+
+    name = "test-stale-offset"
+    summary = "reuse with DataOffset not reset (seeded bug)"
+
+    def _prepare(self, nbl: NetBufferList, frame: memoryview, header_len: int) -> None:
+        super()._prepare(nbl, frame, header_len)
+        nb = nbl.first_net_buffer
+        assert nb is not None
+        nb.data_offset = 4
+
+
+class RaisesInBuild(ReuseStrategy):
+    """``reuse`` whose build raises on the third send call (an escaping exception: STRATEGY-EXCEPTION)."""
+
+    name = "test-raises"
+    summary = "raises in build (seeded bug)"
+
+    def build(self, call: SendCall) -> NetBufferList:
+        if call.call == 2:
+            raise ValueError("seeded failure")
+        return super().build(call)
+
+
+class ReusesInFlight(ReuseStrategy):
+    """``reuse`` that hands out the first NBL again without waiting for its completion: when completions are late
+    (``batched:4``) the NBL is touched in flight (OWN-AFTER-SEND) and sent while in flight (a bug check)."""
+
+    name = "test-reuse-in-flight"
+    summary = "reuses an NBL before its completion (seeded bug)"
+
+    def build(self, call: SendCall) -> NetBufferList:
+        if self.ndis.checked:
+            declare_frames(self.ndis, call.frames)
+        nbl = self._all[0]
+        self._prepare(nbl, call.frames[0], call.header_lens[0])
+        return nbl
+
+    def _send_complete(self, completed: NetBufferList) -> None:
+        chain: NetBufferList | None = completed
+        while chain is not None:
+            nbl = chain
+            chain = nbl.next
+            nbl.next = None
+            self._release(nbl)
+
+
+class FailsWhenTimed(ReuseStrategy):
+    """Correct under the verifier, raises in the fourth call of a timed (unchecked) round."""
+
+    name = "test-fails-timed"
+    summary = "raises only in timed rounds (seeded bug)"
+
+    def build(self, call: SendCall) -> NetBufferList:
+        if not self.ndis.checked and call.call == 3:
+            raise RuntimeError("seeded timed failure")
+        return super().build(call)
+
+
+class KillsWorker(ReuseStrategy):
+    """Correct under the verifier; in a timed round it ends its own process (as a crash in native code would)."""
+
+    name = "test-kills-worker"
+    summary = "ends its worker process in a timed round"
+
+    def build(self, call: SendCall) -> NetBufferList:
+        if not self.ndis.checked and call.call == 1:
+            os._exit(9)
+        return super().build(call)
+
+
+SEEDED = (StaleDataOffset, RaisesInBuild, ReusesInFlight, FailsWhenTimed, KillsWorker)
+
+
+def write_capture(path: Path, count: int = 24, *, receive_every: int = 4, gap_ns: int = 3_000) -> Path:
+    """A pcapng of ``count`` frames of 60–1514 bytes with distinct bytes; every ``receive_every``-th is a receive
+    (0: none), the rest are sends."""
+    sizes = (60, 590, 1514, 128, 66)
+    packets = []
+    for i in range(count):
+        size = sizes[i % len(sizes)]
+        frame = bytes((i * 31 + j) % 251 for j in range(size))
+        direction = "recv" if receive_every and i % receive_every == receive_every - 1 else "send"
+        packets.append((0, T0 + i * gap_ns, frame, size, direction))
+    write_pcapng(path, packets, interfaces=[WriterInterface(name="eth0")])
+    return path
+
+
+def write_receive_only(path: Path, count: int = 5) -> Path:
+    """A pcapng whose every frame is a receive."""
+    packets = [(0, T0 + i * 1_000, bytes(60), 60, "recv") for i in range(count)]
+    write_pcapng(path, packets, interfaces=[WriterInterface(name="eth0")])
+    return path
+
+
+def write_empty(path: Path) -> Path:
+    """A pcapng with an interface and no packets."""
+    write_pcapng(path, [], interfaces=[WriterInterface(name="eth0")])
+    return path
