@@ -1,5 +1,7 @@
 """The engine: the NDIS object model (:mod:`ndis_replay.engine.ndis`), the verifier
-(:mod:`ndis_replay.engine.verifier`), and — later — strategies, miniports and the timed replay loop (issue 3).
+(:mod:`ndis_replay.engine.verifier`), the strategies (:mod:`ndis_replay.engine.strategies`), the miniports
+(:mod:`ndis_replay.engine.miniports`), their configuration (:mod:`ndis_replay.engine.config`) and the replay loop
+(:mod:`ndis_replay.engine.replay`).
 
 The small face the replay loop and reports need: the runtime, the counters and cost profile, the verifier's
 findings and rule table, and the bug-check exception the loop turns into a strategy failure.
