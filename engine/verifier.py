@@ -257,7 +257,30 @@ class CheckedSlots(list[Any]):
         return (list, (list(self),))
 
 
-class CheckedNetBufferList(NetBufferList):
+class _Owned:
+    """What the owned descriptors (NBL, NB, NDIS_PACKET) share in checked mode: a driver's read of a field while
+    another driver holds the descriptor is reported (OWN-AFTER-SEND and kin), and a struct copy is a forgery
+    (POOL-ORIGIN). Writes differ per descriptor, so each class keeps its own ``__setattr__``."""
+
+    __slots__ = ()
+
+    def __getattribute__(self, name: str) -> Any:
+        if name[0] != "_":
+            verifier = _oga(self, "_v")
+            if verifier.actor is not _oga(self, "_v_holder") and _driver_code():
+                verifier.on_access(self, name, False)
+        return _oga(self, name)
+
+    def __copy__(self) -> Any:
+        verifier: Verifier = _oga(self, "_v")
+        return verifier.forge(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        verifier: Verifier = _oga(self, "_v")
+        return verifier.forge(self)
+
+
+class CheckedNetBufferList(_Owned, NetBufferList):
     """NET_BUFFER_LIST with owner state and guarded fields (checked mode)."""
 
     __slots__ = (
@@ -295,13 +318,6 @@ class CheckedNetBufferList(NetBufferList):
         _osa(self, "protocol_reserved", CheckedSlots(self, "protocol_reserved", self.protocol_reserved))
         _osa(self, "miniport_reserved", CheckedSlots(self, "miniport_reserved", self.miniport_reserved))
 
-    def __getattribute__(self, name: str) -> Any:
-        if name[0] != "_":
-            verifier = _oga(self, "_v")
-            if verifier.actor is not _oga(self, "_v_holder") and _driver_code():
-                verifier.on_access(self, name, False)
-        return _oga(self, name)
-
     def __setattr__(self, name: str, value: Any) -> None:
         if name[0] != "_":
             verifier = _oga(self, "_v")
@@ -309,16 +325,8 @@ class CheckedNetBufferList(NetBufferList):
                 verifier.on_nbl_write(self, name, value)
         _osa(self, name, value)
 
-    def __copy__(self) -> CheckedNetBufferList:
-        verifier: Verifier = _oga(self, "_v")
-        return verifier.forge(self)
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> CheckedNetBufferList:
-        verifier: Verifier = _oga(self, "_v")
-        return verifier.forge(self)
-
-
-class CheckedNetBuffer(NetBuffer):
+class CheckedNetBuffer(_Owned, NetBuffer):
     """NET_BUFFER with owner state and guarded fields (checked mode)."""
 
     __slots__ = ("_v_forged", "_v_holder", "_v_nbl", "_v_origin")
@@ -334,27 +342,12 @@ class CheckedNetBuffer(NetBuffer):
         _osa(self, "protocol_reserved", CheckedSlots(self, "protocol_reserved", self.protocol_reserved))
         _osa(self, "miniport_reserved", CheckedSlots(self, "miniport_reserved", self.miniport_reserved))
 
-    def __getattribute__(self, name: str) -> Any:
-        if name[0] != "_":
-            verifier = _oga(self, "_v")
-            if verifier.actor is not _oga(self, "_v_holder") and _driver_code():
-                verifier.on_access(self, name, False)
-        return _oga(self, name)
-
     def __setattr__(self, name: str, value: Any) -> None:
         if name[0] != "_":
             verifier = _oga(self, "_v")
             if (verifier.actor is not _oga(self, "_v_holder") or name in _NB_WRITE_HOOKS) and _driver_code():
                 verifier.on_nb_write(self, name, value)
         _osa(self, name, value)
-
-    def __copy__(self) -> CheckedNetBuffer:
-        verifier: Verifier = _oga(self, "_v")
-        return verifier.forge(self)
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> CheckedNetBuffer:
-        verifier: Verifier = _oga(self, "_v")
-        return verifier.forge(self)
 
 
 class CheckedMdl(Mdl):
@@ -405,7 +398,7 @@ class CheckedNblContext(NblContext):
         return _oga(self, name)
 
 
-class CheckedNdisPacket(NdisPacket):
+class CheckedNdisPacket(_Owned, NdisPacket):
     """NDIS_PACKET with owner state and guarded fields (checked mode)."""
 
     __slots__ = (
@@ -435,27 +428,12 @@ class CheckedNdisPacket(NdisPacket):
         _osa(self, "packet_info", CheckedSlots(self, "packet_info", self.packet_info))
         _osa(self, "miniport_reserved", CheckedSlots(self, "miniport_reserved", self.miniport_reserved))
 
-    def __getattribute__(self, name: str) -> Any:
-        if name[0] != "_":
-            verifier = _oga(self, "_v")
-            if verifier.actor is not _oga(self, "_v_holder") and _driver_code():
-                verifier.on_access(self, name, False)
-        return _oga(self, name)
-
     def __setattr__(self, name: str, value: Any) -> None:
         if name[0] != "_":
             verifier = _oga(self, "_v")
             if verifier.actor is not _oga(self, "_v_holder") and _driver_code():
                 verifier.on_access(self, name, True)
         _osa(self, name, value)
-
-    def __copy__(self) -> CheckedNdisPacket:
-        verifier: Verifier = _oga(self, "_v")
-        return verifier.forge(self)
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> CheckedNdisPacket:
-        verifier: Verifier = _oga(self, "_v")
-        return verifier.forge(self)
 
 
 class CheckedNdisPacketOobData(NdisPacketOobData):
