@@ -9,10 +9,12 @@ unchecked runtime never asks.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ndis_replay.engine.ndis import ndis_allocate_mdl, ndis_free_mdl
+from ndis_replay.engine.strategies.base import Strategy, StrategyParams
 from ndis_replay.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -86,3 +88,48 @@ __all__ = [
     "frame_mdls",
     "free_mdls",
 ]
+
+
+D = TypeVar("D")
+
+
+class FreeListStrategy(Strategy, Generic[D]):
+    """A strategy that keeps its own free list of descriptors allocated at bind (``reuse``, ``copy``,
+    ``ndis5-reuse``): :meth:`_fill` puts ``depth`` of them on the list, the send path pops one, the completion
+    pushes it back. A dry list grows by one allocation, counted as ``pool_growth``, never a wait; the list never
+    holds more than the most descriptors in flight plus one send call.
+    """
+
+    def __init__(self, params: StrategyParams | None = None) -> None:
+        super().__init__(params)
+        #: descriptors allocated after bind because the free list ran dry
+        self.pool_growth = 0
+        #: sends the model refused (counted, the packet is dropped as a driver would)
+        self.failed_sends = 0
+        #: descriptors allocated since construction (bind depth + growth)
+        self.pool_size = 0
+        self._free: list[D] = []
+
+    @abstractmethod
+    def _allocate(self) -> D:
+        """One descriptor for the free list, ready to be re-pointed by the send path."""
+
+    def _new(self) -> D:
+        self.pool_size += 1
+        return self._allocate()
+
+    def _fill(self, depth: int) -> None:
+        """``depth`` descriptors on the free list; ``pop()`` hands out the first allocated first (deterministic)."""
+        for _ in range(depth):
+            self._free.append(self._new())
+        self._free.reverse()
+
+    def _grow(self) -> D:
+        """The free list ran dry (more in flight than the pool depth): one more descriptor, counted; it joins the
+        free list on completion."""
+        self.pool_growth += 1
+        return self._new()
+
+    def stats(self) -> dict[str, int]:
+        """``pool_growth``, ``failed_sends`` and ``pool_size``."""
+        return {"pool_growth": self.pool_growth, "failed_sends": self.failed_sends, "pool_size": self.pool_size}

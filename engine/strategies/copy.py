@@ -30,8 +30,8 @@ from ndis_replay.engine.ndis import (
     send_net_buffer_lists,
 )
 from ndis_replay.engine.ndis import constants as k
-from ndis_replay.engine.strategies.base import BindContext, SendCall, Strategy, StrategyParams
-from ndis_replay.engine.strategies.common import check_choice, check_int
+from ndis_replay.engine.strategies.base import BindContext, SendCall, StrategyParams
+from ndis_replay.engine.strategies.common import FreeListStrategy, check_choice, check_int
 from ndis_replay.errors import ConfigError
 
 COPY_BUFFERS = ("pool", "mdl-and-data")
@@ -72,7 +72,7 @@ class CopyParams(StrategyParams):
         check_choice("buffers", self.buffers, COPY_BUFFERS)
 
 
-class CopyStrategy(Strategy):
+class CopyStrategy(FreeListStrategy[NetBufferList]):
     """NDIS 6 copy into pre-allocated NBLs with their own data buffers (DataSize pools, NDIS_MODEL.md §2.1).
 
     Bind: DataSize = backfill + the trace's largest frame; ``pool_depth`` NBLs (NdisAllocateNetBufferList from the
@@ -96,11 +96,6 @@ class CopyStrategy(Strategy):
         p = self.params
         assert isinstance(p, CopyParams)
         self.p: CopyParams = p
-        self.pool_growth = 0
-        self.failed_sends = 0
-        #: NBLs this strategy allocated from its pool since construction (bind depth + growth)
-        self.pool_size = 0
-        self._free: list[NetBufferList] = []
         self._all: list[NetBufferList] = []
         self.nb_pool: NetBufferPool | None = None
 
@@ -120,9 +115,7 @@ class CopyStrategy(Strategy):
         if pool is None:
             raise ConfigError("backfill", self.backfill, "NdisAllocateNetBufferListPool refused the data size")
         self.pool = pool
-        for _ in range(p.pool_depth or max(ctx.max_in_flight, ctx.max_call, 1)):
-            self._free.append(self._allocate())
-        self._free.reverse()
+        self._fill(p.pool_depth or max(ctx.max_in_flight, ctx.max_call, 1))
 
     def _allocate(self) -> NetBufferList:
         nbl = allocate_net_buffer_list(self.ndis, self.pool)
@@ -130,13 +123,7 @@ class CopyStrategy(Strategy):
             nbl.first_net_buffer = allocate_net_buffer_mdl_and_data(self.ndis, self.nb_pool)
         nbl.source_handle = self.binding
         self._all.append(nbl)
-        self.pool_size += 1
         return nbl
-
-    def _grow(self) -> NetBufferList:
-        """Free list dry: one more NBL with its buffer (counted), kept afterwards."""
-        self.pool_growth += 1
-        return self._allocate()
 
     def build(self, call: SendCall) -> NetBufferList:
         """Pop, copy in (:meth:`_prepare`), link in wire order."""
@@ -199,10 +186,6 @@ class CopyStrategy(Strategy):
         free_net_buffer_list_pool(ndis, self.pool)
         if self.nb_pool is not None:
             free_net_buffer_pool(ndis, self.nb_pool)
-
-    def stats(self) -> dict[str, int]:
-        """``pool_growth``, ``failed_sends``, ``pool_size``."""
-        return {"pool_growth": self.pool_growth, "failed_sends": self.failed_sends, "pool_size": self.pool_size}
 
 
 __all__ = ["COPY_BUFFERS", "CopyParams", "CopyStrategy"]

@@ -33,7 +33,7 @@ from ndis_replay.engine.ndis import (
 )
 from ndis_replay.engine.ndis import constants as k
 from ndis_replay.engine.strategies.base import BindContext, SendCall, Strategy, StrategyParams
-from ndis_replay.engine.strategies.common import PoolExhausted, check_int, cut, declare_frames
+from ndis_replay.engine.strategies.common import FreeListStrategy, PoolExhausted, check_int, cut, declare_frames
 
 #: NPROT_SEND_PACKET_RSVD stand-in: the "IRP" (the packet's trace index) and a RefCount (SAMP5 send.c)
 _RSVD = struct.Struct("<qI")
@@ -196,7 +196,7 @@ class Ndis5ReuseParams(StrategyParams):
         check_int("protocol_reserved", self.protocol_reserved, 0, 4096, 8)
 
 
-class Ndis5ReuseStrategy(Strategy):
+class Ndis5ReuseStrategy(FreeListStrategy[NdisPacket]):
     """NDIS 5 packet reuse: packets allocated at bind, reinitialised and reused (NDIS_MODEL.md §2.6; the team's
     NDIS 5 driver).
 
@@ -226,9 +226,6 @@ class Ndis5ReuseStrategy(Strategy):
         p = self.params
         assert isinstance(p, Ndis5ReuseParams)
         self.p: Ndis5ReuseParams = p
-        self.pool_growth = 0
-        self.failed_sends = 0
-        self._free: list[NdisPacket] = []
 
     def bind(self, ctx: BindContext) -> None:
         """Pools and ``pool_depth`` packets on the driver's free list."""
@@ -243,9 +240,7 @@ class Ndis5ReuseStrategy(Strategy):
             raise PoolExhausted("NdisAllocatePacketPoolEx: NDIS_STATUS_RESOURCES")
         self.pool: PacketPool = pool
         self.buffers: BufferPool = allocate_buffer_pool(ndis, 2 * depth, name="ndis5 reuse buffers")
-        for _ in range(depth):
-            self._free.append(self._allocate())
-        self._free.reverse()
+        self._fill(depth)
         self._keep = self.p.keep_buffers
         self._split = self.p.split_header
 
@@ -254,11 +249,6 @@ class Ndis5ReuseStrategy(Strategy):
         if packet is None:
             raise PoolExhausted("NdisAllocatePacket: NDIS_STATUS_RESOURCES")
         return packet
-
-    def _grow(self) -> NdisPacket:
-        """Free list dry: one more (overflow) packet, counted; it joins the free list on completion."""
-        self.pool_growth += 1
-        return self._allocate()
 
     def _buffer(self, frame: memoryview) -> Mdl:
         ndis = self.ndis
@@ -319,10 +309,6 @@ class Ndis5ReuseStrategy(Strategy):
         self._free.clear()
         free_packet_pool(self.ndis, self.pool)
         free_buffer_pool(self.ndis, self.buffers)
-
-    def stats(self) -> dict[str, int]:
-        """``pool_growth`` (overflow packets allocated after bind) and ``failed_sends``."""
-        return {"pool_growth": self.pool_growth, "failed_sends": self.failed_sends}
 
 
 __all__ = ["Ndis5AllocParams", "Ndis5AllocStrategy", "Ndis5ReuseParams", "Ndis5ReuseStrategy"]

@@ -29,8 +29,8 @@ from ndis_replay.engine.ndis import (
     send_net_buffer_lists,
 )
 from ndis_replay.engine.ndis import constants as k
-from ndis_replay.engine.strategies.base import BindContext, SendCall, Strategy, StrategyParams
-from ndis_replay.engine.strategies.common import check_choice, check_int, declare_frames
+from ndis_replay.engine.strategies.base import BindContext, SendCall, StrategyParams
+from ndis_replay.engine.strategies.common import FreeListStrategy, check_choice, check_int, declare_frames
 from ndis_replay.errors import ConfigError
 
 #: what ``header`` accepts
@@ -82,7 +82,7 @@ class ReuseParams(StrategyParams):
         check_choice("header", self.header, REUSE_HEADER_MODES)
 
 
-class ReuseStrategy(Strategy):
+class ReuseStrategy(FreeListStrategy[NetBufferList]):
     """NDIS 6 NBL reuse with the §2.2 reset checklist (XDP-style TX, NDIS_MODEL.md §2.2, §3.5).
 
     Bind: one pool (fAllocateNetBuffer; ContextSize = room for the embedded MDLs with ``mdl_reuse``) and
@@ -115,11 +115,6 @@ class ReuseStrategy(Strategy):
         p = self.params
         assert isinstance(p, ReuseParams)
         self.p: ReuseParams = p
-        self.pool_growth = 0
-        self.failed_sends = 0
-        #: NBLs this strategy allocated from its pool since construction (bind depth + growth)
-        self.pool_size = 0
-        self._free: list[NetBufferList] = []
         self._all: list[NetBufferList] = []
 
     # --- bind / unbind -------------------------------------------------------------------------------------------
@@ -152,23 +147,14 @@ class ReuseStrategy(Strategy):
             raise ConfigError("pool_depth", p.pool_depth, "NdisAllocateNetBufferListPool refused the parameters")
         self.pool = pool
         depth = p.pool_depth or max(ctx.max_in_flight, ctx.max_call, 1)
-        for _ in range(depth):
-            self._free.append(self._allocate())
-        self._free.reverse()  # pop() hands out the first allocated NBL first (deterministic order)
+        self._fill(depth)
 
     def _allocate(self) -> NetBufferList:
         """One NBL for the free list: NdisAllocateNetBufferAndNetBufferList with no MDL chain, SourceHandle set."""
         nbl = allocate_net_buffer_and_net_buffer_list(self.ndis, self.pool, self._context_size, 0, None, 0, 0)
         nbl.source_handle = self.binding  # checklist step 8: once; NDIS never changes it
         self._all.append(nbl)
-        self.pool_size += 1
         return nbl
-
-    def _grow(self) -> NetBufferList:
-        """The free list ran dry (more in flight than ``pool_depth``): one more NBL, counted; it joins the free
-        list on completion, so the pool never exceeds the most packets in flight plus one send call."""
-        self.pool_growth += 1
-        return self._allocate()
 
     def unbind(self) -> None:
         """Step 9 (clear the NB fields), NdisFreeNetBufferList of every NBL, NdisFreeNetBufferListPool."""
@@ -288,10 +274,6 @@ class ReuseStrategy(Strategy):
     def _undo_retreat(self, nbl: NetBufferList, nb: NetBuffer) -> None:
         """Step 4: NdisAdvanceNetBufferDataStart(header_len, FreeMdl=TRUE) frees NDIS's header MDL and buffer."""
         advance_net_buffer_data_start(self.ndis, nb, nbl.protocol_reserved[1], True)
-
-    def stats(self) -> dict[str, int]:
-        """``pool_growth``: NBLs allocated after bind because the free list ran dry; ``failed_sends``."""
-        return {"pool_growth": self.pool_growth, "failed_sends": self.failed_sends, "pool_size": self.pool_size}
 
 
 __all__ = ["REUSE_HEADER_MODES", "ReuseParams", "ReuseStrategy"]
