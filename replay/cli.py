@@ -41,6 +41,7 @@ from ndis_replay.errors import (
     ReplayError,
     ResultsError,
     ResultsVersionError,
+    RunMismatch,
     ToolFailed,
     ToolMissing,
     TraceFileError,
@@ -155,6 +156,20 @@ def _(exc: ToolMissing) -> str:
 @describe.register
 def _(exc: ToolFailed) -> str:
     return f"{exc.tool} failed: {exc.detail}"
+
+
+@describe.register
+def _(exc: RunMismatch) -> str:
+    head = f"cannot compare {exc.new_label} with {exc.base_label}"
+    if exc.kind == "trace":
+        return f"{head}: they replayed different traces (sha256 {str(exc.base)[:12]}… vs {str(exc.new)[:12]}…)"
+    if exc.kind == "host":
+        assert isinstance(exc.base, dict) and isinstance(exc.new, dict)
+        diffs = ", ".join(f"{f} {exc.base[f]!r} vs {exc.new[f]!r}" for f in exc.fields)
+        return f"{head}: they ran on different hosts ({diffs}); timings compare only within one host"
+    base = ", ".join(str(n) for n in exc.base) if isinstance(exc.base, tuple) else str(exc.base)
+    new = ", ".join(str(n) for n in exc.new) if isinstance(exc.new, tuple) else str(exc.new)
+    return f"{head}: no strategy in common ({base} vs {new})"
 
 
 class ReplayGroup(click.Group):
@@ -785,6 +800,17 @@ def _remove_outputs(paths: Sequence[Path]) -> None:
     help="Write the frames each strategy's checked pass transmitted to this pcap (out.<strategy>.pcap for several).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing results directory (and --wire files).")
+@click.option(
+    "--baseline",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="A results directory to compare this run with (as `ndis-replay compare`); exits 1 on a regression.",
+)
+@click.option(
+    "--fail-on-regression",
+    "threshold_text",
+    metavar="PERCENT",
+    help="With --baseline: relative change beyond which a significant difference is a regression (default 5%).",
+)
 @_reader_options
 def run(
     traces: tuple[Path, ...],
@@ -800,6 +826,8 @@ def run(
     out: Path | None,
     wire: Path | None,
     force: bool,
+    baseline: Path | None,
+    threshold_text: str | None,
     reader: str,
     dissect: bool,
     strict: bool,
@@ -810,7 +838,7 @@ def run(
 
     TRACE may be a capture or a Parquet trace written by `ndis-replay import`. Each trace gets a results
     directory (run.json + packets.parquet), written atomically; if the run stops (Ctrl-C, a trace that cannot be
-    used) nothing it wrote is kept. Exits 1 when the verifier found anything.
+    used) nothing it wrote is kept. Exits 1 when the verifier found anything, or with --baseline on a regression.
     """
     from ndis_replay.engine.ndis.counters import CostProfile
     from ndis_replay.engine.replay import parse_pacing
@@ -818,6 +846,19 @@ def run(
     from ndis_replay.runner import run_trace
 
     parse_batching(batching)
+    # the baseline is checked before any replay: a run that cannot be compared is refused up front
+    threshold: float | None = None
+    base_run: RunResult | None = None
+    if threshold_text is not None and baseline is None:
+        raise ConfigError("--fail-on-regression", threshold_text, "needs --baseline")
+    if baseline is not None:
+        from ndis_replay.reports.compare import DEFAULT_THRESHOLD, parse_threshold
+        from ndis_replay.results import load
+
+        threshold = parse_threshold(threshold_text) if threshold_text is not None else DEFAULT_THRESHOLD
+        if len(traces) > 1:
+            raise ConfigError("--baseline", str(baseline), "compares one run; give one TRACE")
+        base_run = load(baseline)
     specs, options = _resolve(strategy_names, miniport_name, completion, config_path)
     profile = CostProfile.from_toml(cost_profile_path) if cost_profile_path is not None else None
     options = dataclasses.replace(
@@ -859,6 +900,11 @@ def run(
             written.append(target)
             _render_run(result, target)
             found = found or not result.ok
+            if base_run is not None and threshold is not None:
+                written.clear()  # the new run is a valid result: kept whatever the comparison says
+                labels = (str(baseline), str(target))
+                code = _compare_and_gate(base_run, result, (), threshold, False, labels)
+                found = found or code != 0
     except BaseException:  # Ctrl-C, or a later trace that cannot be used: the run leaves all or nothing
         _remove_outputs(written)
         for folder in created:
@@ -1028,6 +1074,126 @@ def miniports_cmd(as_json: bool) -> None:
         click.echo(json.dumps({"miniports": entries, "completion": list(COMPLETION_CHOICES)}, indent=2, default=str))
         return
     _render_catalogue("miniport", entries, f"completion policies (--completion): {', '.join(COMPLETION_CHOICES)}")
+
+
+# --- compare -----------------------------------------------------------------------------------------------------
+
+#: Metric names for --metric (the keys of reports.compare.METRICS; listed here so --help needs no scipy import).
+_METRIC_CHOICES = ("p50", "p90", "p99", "p999", "mean", "packets_per_s")
+
+
+def _fmt_metric(metric: str, value: float) -> str:
+    return f"{value:,.0f}/s" if metric == "packets_per_s" else _fmt_ns(value)
+
+
+def _render_comparison(comparison: Any, gate_result: Any) -> None:
+    """The comparison table, strategies left out, and the gate's answer."""
+    console = _wide_console()
+    table = Table(
+        title=f"{comparison.new_label} vs baseline {comparison.base_label}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for col in ("strategy", "metric", "base", "new", "change", "interval", "p", "test", "verdict"):
+        table.add_column(col, justify="left" if col in ("strategy", "metric", "test", "verdict") else "right")
+    styles = {"regressed": "bold red", "improved": "green", "unchanged": ""}
+    for c in comparison.comparisons:
+        interval = "—" if c.interval is None else f"[{c.interval[0]:+.1%}, {c.interval[1]:+.1%}]"
+        noisy = " (noisy)" if c.noisy_base or c.noisy_new else ""
+        table.add_row(
+            _safe(c.strategy),
+            c.metric,
+            _fmt_metric(c.metric, c.base),
+            _fmt_metric(c.metric, c.new),
+            f"{c.change:+.1%}",
+            interval,
+            "—" if c.p_value is None else f"{c.p_value:.3g}",
+            c.test,
+            Text(c.verdict + noisy, style=styles.get(c.verdict, "")),
+        )
+    console.print(table)
+    for label, names in (
+        (f"only in {comparison.base_label}", comparison.only_base),
+        (f"only in {comparison.new_label}", comparison.only_new),
+        ("not timed on both sides", comparison.untimed),
+    ):
+        if names:
+            console.print(Text(f"not compared ({label}): {', '.join(names)}".translate(_CONTROL), style="yellow"))
+    threshold = comparison.comparisons[0].threshold if comparison.comparisons else None
+    if gate_result.ok:
+        console.print(Text("gate: pass", style="bold green"))
+    else:
+        parts = []
+        if gate_result.regressions:
+            parts.append(f"{len(gate_result.regressions)} regression(s) beyond {threshold:.1%}")
+        if gate_result.findings:
+            parts.append(f"{len(gate_result.findings)} error finding(s) in {comparison.new_label}")
+        console.print(Text(f"gate: fail ({'; '.join(parts)})", style="bold red"))
+
+
+def _compare_and_gate(
+    base: Any, new: Any, metrics: Sequence[str], threshold: float, as_json: bool, labels: tuple[str, str] | None = None
+) -> int:
+    """Compare, print, and return the gate's exit code."""
+    from ndis_replay.reports.compare import compare_runs
+    from ndis_replay.reports.gate import error_findings, gate
+    from ndis_replay.results import RunResult, load
+
+    new_run = new if isinstance(new, RunResult) else load(new)
+    labels = labels or (str(base), str(new))
+    comparison = compare_runs(base, new_run, metric=list(metrics) or ["p50"], threshold=threshold, labels=labels)
+    result = gate(comparison.comparisons, error_findings(new_run))
+    if as_json:
+        doc = {
+            "base": comparison.base_label,
+            "new": comparison.new_label,
+            "threshold": threshold,
+            "comparisons": [c.to_dict() for c in comparison.comparisons],
+            "only_base": list(comparison.only_base),
+            "only_new": list(comparison.only_new),
+            "untimed": list(comparison.untimed),
+            "gate": {"ok": result.ok, "regressions": len(result.regressions), "findings": list(result.findings)},
+        }
+        click.echo(json.dumps(doc, indent=2, default=str))
+    else:
+        _render_comparison(comparison, result)
+    return int(result.exit_code)
+
+
+@cli.command()
+@click.argument("base_dir", metavar="BASE_DIR", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("new_dir", metavar="NEW_DIR", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--fail-on-regression",
+    "threshold_text",
+    default="5%",
+    show_default=True,
+    metavar="PERCENT",
+    help="Relative change beyond which a significant difference is a regression (5% or 0.05).",
+)
+@click.option(
+    "--metric",
+    "metrics",
+    multiple=True,
+    type=click.Choice(_METRIC_CHOICES),
+    help="Metric to compare (repeat for several; default p50). packets_per_s is better higher.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON instead of a table.")
+def compare(base_dir: Path, new_dir: Path, threshold_text: str, metrics: tuple[str, ...], as_json: bool) -> None:
+    """Compare the results directory NEW_DIR with the baseline BASE_DIR, strategy by strategy (those both ran).
+
+    The runs must have replayed the same trace on the same host. A difference is a regression only when it
+    exceeds the threshold and the significance test agrees. Exits 1 on a regression or on any error finding in
+    NEW_DIR, 0 otherwise.
+    """
+    from ndis_replay.reports.compare import parse_threshold
+
+    threshold = parse_threshold(threshold_text)
+    code = _compare_and_gate(base_dir, new_dir, metrics, threshold, as_json)
+    if code:
+        click.get_current_context().exit(code)
 
 
 def main() -> None:

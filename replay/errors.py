@@ -131,6 +131,30 @@ class TraceFileError(InputError):
         self.reason = reason
 
 
+class RunMismatch(InputError):
+    """Two results directories that cannot be compared. ``kind`` is ``"trace"`` (different sha256), ``"host"``
+    (``fields`` names the differing host fields) or ``"strategies"`` (none in common); ``base`` and ``new`` hold
+    the differing values (per field for a host), ``base_label`` / ``new_label`` name the two runs."""
+
+    def __init__(
+        self,
+        kind: str,
+        base_label: str,
+        new_label: str,
+        *,
+        fields: Sequence[str] = (),
+        base: object = None,
+        new: object = None,
+    ) -> None:
+        super().__init__(kind, base_label, new_label, tuple(fields))
+        self.kind = kind
+        self.base_label = base_label
+        self.new_label = new_label
+        self.fields = tuple(fields)
+        self.base = base
+        self.new = new
+
+
 # --- usage and configuration (exit 2) -----------------------------------------------------------------------
 
 
