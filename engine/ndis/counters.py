@@ -126,6 +126,14 @@ class OpCounters:
             setattr(self, name, 0)
 
     # outstanding descriptors, derived so that the hot path increments one attribute less
+    def sys_alloc(self, size: int) -> None:
+        """One system memory allocation of ``size`` bytes held from now on: ``sys_allocs``, ``mem_bytes`` and its
+        peak (the allocation paths of pools, MDLs, contexts and data buffers all count it this way)."""
+        self.sys_allocs += 1
+        self.mem_bytes += size
+        if self.mem_bytes > self.mem_peak:
+            self.mem_peak = self.mem_bytes
+
     @property
     def nbl_outstanding(self) -> int:
         """NET_BUFFER_LISTs allocated and not freed."""

@@ -82,18 +82,12 @@ def take_mdl(ndis: Ndis, kind: int, data: memoryview, page_offset: int) -> Mdl:
                 free.pop()  # checked mode: the freed MDL stays quarantined
             else:
                 c.pool_misses += 1
-                c.sys_allocs += 1
-                c.mem_bytes += MDL_FIXED_BLOCK_SIZE
-                if c.mem_bytes > c.mem_peak:
-                    c.mem_peak = c.mem_bytes
+                c.sys_alloc(MDL_FIXED_BLOCK_SIZE)
             mdl = new_mdl(ndis, kind, data, byte_offset, MDL_FIXED_BLOCK_SIZE)
         mdl.mdl_flags = MDL_ALLOCATED_FIXED_SIZE
     else:
         size = MDL_SIZE + PFN_SIZE * pages
-        c.sys_allocs += 1
-        c.mem_bytes += size
-        if c.mem_bytes > c.mem_peak:
-            c.mem_peak = c.mem_bytes
+        c.sys_alloc(size)
         mdl = new_mdl(ndis, kind, data, byte_offset, size)
     if kind == MDL_KIND_BUFFER:
         c.buffer_allocs += 1
@@ -279,10 +273,7 @@ def allocate_memory_with_tag_priority(ndis: Ndis, length: int, tag: int = 0) -> 
     c = ndis.counters
     c.ddk_calls += 1
     c.data_allocs += 1
-    c.sys_allocs += 1
-    c.mem_bytes += length
-    if c.mem_bytes > c.mem_peak:
-        c.mem_peak = c.mem_bytes
+    c.sys_alloc(length)
     out = c.data_allocs - c.data_frees
     if out > c.data_peak:
         c.data_peak = out

@@ -305,10 +305,7 @@ def _retreat(
     else:
         c = ndis.counters
         c.data_allocs += 1
-        c.sys_allocs += 1
-        c.mem_bytes += size
-        if c.mem_bytes > c.mem_peak:
-            c.mem_peak = c.mem_bytes
+        c.sys_alloc(size)
         out = c.data_allocs - c.data_frees
         if out > c.data_peak:
             c.data_peak = out

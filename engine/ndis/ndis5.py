@@ -151,11 +151,8 @@ def _allocate_packet_pool(
     owner = ndis.verifier.actor if ndis.verifier is not None else ndis.binding_handle
     pool = PacketPool(number_of_descriptors, number_of_overflow_descriptors, protocol_reserved_length, owner, name)
     if number_of_descriptors:
-        c.sys_allocs += 1
         pool.held_bytes = number_of_descriptors * pool.packet_size
-        c.mem_bytes += pool.held_bytes
-        if c.mem_bytes > c.mem_peak:
-            c.mem_peak = c.mem_bytes
+        c.sys_alloc(pool.held_bytes)
         pool.free_list = [_new_packet(ndis, pool) for _ in range(number_of_descriptors)]
     return pool
 
@@ -191,12 +188,9 @@ def allocate_packet(ndis: Ndis, pool_handle: PacketPool) -> NdisPacket | None:
             packet = _new_packet(ndis, pool)  # the freed one stays quarantined
     elif pool.allocated < pool.number_of_descriptors + pool.number_of_overflow_descriptors:
         c.pool_misses += 1
-        c.sys_allocs += 1
         pool.overflow_out += 1
         pool.held_bytes += pool.packet_size
-        c.mem_bytes += pool.packet_size
-        if c.mem_bytes > c.mem_peak:
-            c.mem_peak = c.mem_bytes
+        c.sys_alloc(pool.packet_size)
         packet = _new_packet(ndis, pool)
     else:
         return None

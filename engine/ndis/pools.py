@@ -242,10 +242,7 @@ def take_nbl(ndis: Ndis, pool: NetBufferListPool, context_size: int = 0, context
             free.pop()
         else:
             c.pool_misses += 1
-            c.sys_allocs += 1
-            c.mem_bytes += pool.block_size
-            if c.mem_bytes > c.mem_peak:
-                c.mem_peak = c.mem_bytes
+            c.sys_alloc(pool.block_size)
         nbl = _new_nbl_block(ndis, pool)
         nb = nbl._nb
         nbl.first_net_buffer = nb
@@ -347,10 +344,7 @@ def reserve_context(ndis: Ndis, nbl: NetBufferList, size: int, backfill: int) ->
         nbl.context = ctx
         if ndis.verifier is not None:
             ndis.verifier.on_nbl_allocated_context(nbl, ctx)
-        c.sys_allocs += 1
-        c.mem_bytes += block
-        if c.mem_bytes > c.mem_peak:
-            c.mem_peak = c.mem_bytes
+        c.sys_alloc(block)
     c.ctx_allocs += 1
     out = c.ctx_allocs - c.ctx_frees
     if out > c.ctx_peak:
@@ -371,10 +365,7 @@ def take_nb(ndis: Ndis, pool: NetBufferPool) -> NetBuffer:
             free.pop()
         else:
             c.pool_misses += 1
-            c.sys_allocs += 1
-            c.mem_bytes += pool.block_size
-            if c.mem_bytes > c.mem_peak:
-                c.mem_peak = c.mem_bytes
+            c.sys_alloc(pool.block_size)
         ndis.serial_nb += 1
         nb = ndis.nb_class(ndis.serial_nb, pool, None)
         if pool.params.data_size:
