@@ -1,5 +1,5 @@
 # The two commands a new user needs (see README): `make demo` and `make test`.
-# Everything lands in a virtual environment in .venv; OS packages the tests need (tshark) are installed
+# Everything lands in a virtual environment in .venv; OS packages the tests need (tshark, chromium) are installed
 # with apt-get when missing (as root, or through sudo).
 
 PY ?= python3
@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SOURCES := $(shell find replay importers engine reports -name '*.py' -not -path '*/__pycache__/*') pyproject.toml
 
-.PHONY: demo test lint typecheck samples bench-import bench-replay tshark clean
+.PHONY: demo test lint typecheck samples bench-import bench-replay tshark browser clean
 
 $(BIN)/python:
 	@$(PY) -m venv $(VENV) 2>/dev/null || { \
@@ -33,8 +33,8 @@ demo: $(VENV)/.runtime
 	$(BIN)/ndis-replay run sample_traces/request_response.pcapng \
 	  --strategy ndis5-reuse --strategy alloc --strategy reuse --rounds 3 --warmup 1 --out out/demo --force
 
-## test: install what the tests need (Python packages, tshark), then lint, type-check and run the suite
-test: $(VENV)/.test tshark
+## test: install what the tests need (Python packages, tshark, chromium), then lint, type-check and run the suite
+test: $(VENV)/.test tshark browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -45,6 +45,14 @@ tshark:
 	  $(SUDO) apt-get update -qq && \
 	  echo "wireshark-common wireshark-common/install-setuid boolean false" | $(SUDO) debconf-set-selections && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq tshark >/dev/null; }
+
+# The HTML report's acceptance test (tests/test_report_browser.py) renders it in Debian's chromium, driven by
+# playwright: `playwright install` would download a browser build instead, which a closed network cannot fetch.
+browser:
+	@[ -x /usr/bin/chromium ] || { \
+	  echo "chromium is missing: installing the Debian package chromium"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 typecheck: $(VENV)/.test
 	$(BIN)/pytest tests/test_static.py -q

@@ -15,7 +15,7 @@ with a warning. ``strict`` turns either into :class:`TraceFormatError`.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -36,6 +36,12 @@ MAX_BLOCK = 64 << 20
 OPT_END, OPT_COMMENT = 0, 1
 IF_NAME, IF_DESCRIPTION, IF_TSRESOL, IF_FCSLEN, IF_TSOFFSET = 2, 3, 9, 13, 14
 EPB_FLAGS = 2
+SHB_HARDWARE, SHB_OS, SHB_USERAPPL = 2, 3, 4
+#: Comments kept in ``TraceMeta.details["comments"]`` (the rest are counted): a capture with a comment on every
+#: packet must not grow the metadata without bound.
+MAX_COMMENTS = 1000
+#: Characters kept of one comment (or section description); longer ones are cut and marked with "…".
+MAX_COMMENT_CHARS = 2000
 
 _DIRECTION_OF_FLAGS = np.array([UNKNOWN, RECV, SEND, UNKNOWN], dtype=np.int8)
 
@@ -83,12 +89,24 @@ def read_pcapng(source: OpenedSource, builder: TraceBuilder) -> dict[str, object
     """Read a pcapng stream into ``builder``; returns the file's facts for ``TraceMeta.details``."""
     reader = _Reader(source, builder)
     reader.run()
-    return {
+    details: dict[str, object] = {
         "sections": len(reader.sections),
         "byte_orders": sorted({"little" if s.endian == "<" else "big" for s in reader.sections}),
         "simple_packet_blocks": reader.spb_count,
         "obsolete_packet_blocks": reader.pb_count,
     }
+    if reader.section_info:
+        details["section_info"] = reader.section_info
+    if reader.comments or reader.comment_count:
+        details["comments"] = reader.comments
+        details["comment_count"] = reader.comment_count
+    return details
+
+
+def _text(value: bytes) -> str:
+    """An option's UTF-8 text (invalid bytes replaced, trailing NULs dropped), cut at MAX_COMMENT_CHARS."""
+    text = value.decode("utf-8", "replace").rstrip("\x00")
+    return text if len(text) <= MAX_COMMENT_CHARS else text[:MAX_COMMENT_CHARS] + "…"
 
 
 class _Reader:
@@ -101,6 +119,17 @@ class _Reader:
         self.spb_count = 0
         self.pb_count = 0
         self.next_iface = 0
+        #: per section that has any: {"section", "comment", "hardware", "os", "userappl"}
+        self.section_info: list[dict[str, object]] = []
+        #: {"where": "section"|"interface"|"packet", "section"|"interface"|"packet": number, "text"}
+        self.comments: list[dict[str, object]] = []
+        self.comment_count = 0
+
+    def comment(self, where: str, number: int, value: bytes) -> None:
+        """Keep an opt_comment (the first MAX_COMMENTS of the file; all are counted)."""
+        self.comment_count += 1
+        if len(self.comments) < MAX_COMMENTS:
+            self.comments.append({"where": where, where: number, "text": _text(value)})
 
     def salvage(self, detail: str, offset: int, code: str = "damaged") -> None:
         self.builder.salvage(detail, offset=offset, record=self.record, code=code)
@@ -228,10 +257,21 @@ class _Reader:
         if vmaj != 1 or vmin not in (0, 2):
             return self._refuse_section(f"pcapng version {vmaj}.{vmin} is not supported (1.0 is)", base + pos)
         try:
-            parse_options(buf[pos + 8 : pos + blen - 4], 16, e)
+            options = parse_options(buf[pos + 8 : pos + blen - 4], 16, e)
         except _OptionError as exc:
             self.builder.warn("bad-option", f"Section Header Block: {exc}; its options ignored", offset=base + pos)
-        self.sections.append(_Section(len(self.sections), e, base + pos))
+            options = []
+        index = len(self.sections)
+        info: dict[str, object] = {}
+        names = {SHB_HARDWARE: "hardware", SHB_OS: "os", SHB_USERAPPL: "userappl"}
+        for code, value in options:
+            if code == OPT_COMMENT:
+                self.comment("section", index, value)
+            elif code in names:
+                info[names[code]] = _text(value)
+        if info:
+            self.section_info.append({"section": index, **info})
+        self.sections.append(_Section(index, e, base + pos))
         return blen
 
     def _refuse_section(self, detail: str, offset: int) -> int:
@@ -259,6 +299,8 @@ class _Reader:
                 name = value.decode("utf-8", "replace").rstrip("\x00")
             elif code == IF_DESCRIPTION:
                 description = value.decode("utf-8", "replace").rstrip("\x00")
+            elif code == OPT_COMMENT:
+                self.comment("interface", iface.global_id, value)
             elif code == IF_TSRESOL and value:
                 v = value[0]
                 if v & 0x80:
@@ -325,6 +367,8 @@ class _Reader:
             for code, value in parse_options(buf[pos : pos + blen - 4], opt_start, e):
                 if code == EPB_FLAGS and len(value) >= 4:
                     direction = int(_DIRECTION_OF_FLAGS[struct.unpack_from(e + "I", value)[0] & 3])
+                elif code == OPT_COMMENT:
+                    self.comment("packet", self.record, value)
         except _OptionError as exc:
             self.builder.warn("bad-option", f"Enhanced Packet Block: {exc}", offset=base + pos, record=self.record)
         ts = _to_ns(iface, (ts_hi << 32) | ts_lo)
@@ -387,6 +431,8 @@ class _Reader:
             for code, value in parse_options(buf[pos : pos + blen - 4], opt_start, e):
                 if code == EPB_FLAGS and len(value) >= 4:  # pack_flags, same layout as epb_flags
                     direction = int(_DIRECTION_OF_FLAGS[struct.unpack_from(e + "I", value)[0] & 3])
+                elif code == OPT_COMMENT:
+                    self.comment("packet", self.record, value)
         except _OptionError as exc:
             self.builder.warn("bad-option", f"Packet Block: {exc}", offset=base + pos, record=self.record)
         ts = _to_ns(iface, (ts_hi << 32) | ts_lo)
@@ -513,6 +559,7 @@ class WriterInterface:
     name: str = ""
     description: str = ""
     tsresol: int = 9
+    comment: str = ""
 
 
 def _opt(e: str, code: int, value: bytes) -> bytes:
@@ -531,19 +578,24 @@ def write_pcapng(
     interfaces: Iterable[WriterInterface] = (WriterInterface(),),
     big_endian: bool = False,
     userappl: str = "ndis-replay",
+    comment: str = "",
+    packet_comments: Mapping[int, str] | None = None,
 ) -> int:
     """Write one section of ``(interface, ts_ns, data, wire_len, direction)`` packets as pcapng.
 
     ``direction`` is ``send``/``recv``/``unknown``; send and recv become ``epb_flags`` outbound/inbound.
     Timestamps are stored in each interface's resolution (ns by default, so they round-trip exactly).
+    ``comment`` is the section's opt_comment, ``packet_comments`` maps a packet's position to its opt_comment.
     """
+    packet_comments = packet_comments or {}
     e = ">" if big_endian else "<"
     ifaces = list(interfaces)
     own = not hasattr(path, "write")
     f: BinaryIO = open(path, "wb") if own else path  # type: ignore[arg-type,assignment]  # noqa: SIM115
     count = 0
     try:
-        shb_opts = _opt(e, 4, userappl.encode()) + _opt(e, OPT_END, b"")
+        shb_opts = _opt(e, OPT_COMMENT, comment.encode()) if comment else b""
+        shb_opts += _opt(e, SHB_USERAPPL, userappl.encode()) + _opt(e, OPT_END, b"")
         f.write(_block(e, SHB, struct.pack(e + "IHHq", BYTE_ORDER_MAGIC, 1, 0, -1) + shb_opts))
         for i in ifaces:
             opts = _opt(e, IF_TSRESOL, bytes([i.tsresol]))
@@ -551,6 +603,8 @@ def write_pcapng(
                 opts += _opt(e, IF_NAME, i.name.encode())
             if i.description:
                 opts += _opt(e, IF_DESCRIPTION, i.description.encode())
+            if i.comment:
+                opts += _opt(e, OPT_COMMENT, i.comment.encode())
             opts += _opt(e, OPT_END, b"")
             f.write(_block(e, IDB, struct.pack(e + "HHI", i.linktype, 0, i.snaplen) + opts))
         flags = {"recv": 1, "send": 2}
@@ -559,8 +613,11 @@ def write_pcapng(
             ticks = (ts_ns << (res & 0x7F)) // 10**9 if res & 0x80 else ts_ns * 10**res // 10**9
             body = struct.pack(e + "IIIII", local, ticks >> 32, ticks & 0xFFFFFFFF, len(data), max(wire, len(data)))
             body += data + b"\x00" * (-len(data) % 4)
-            if direction in flags:
-                body += _opt(e, EPB_FLAGS, struct.pack(e + "I", flags[direction])) + _opt(e, OPT_END, b"")
+            opts = _opt(e, EPB_FLAGS, struct.pack(e + "I", flags[direction])) if direction in flags else b""
+            if count in packet_comments:
+                opts += _opt(e, OPT_COMMENT, packet_comments[count].encode())
+            if opts:
+                body += opts + _opt(e, OPT_END, b"")
             f.write(_block(e, EPB, body))
             count += 1
     finally:

@@ -768,6 +768,88 @@ def _remove_outputs(paths: Sequence[Path]) -> None:
             path.unlink(missing_ok=True)
 
 
+def _baseline_options(baseline_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option(
+            "--fail-on-regression",
+            "threshold_text",
+            metavar="PERCENT",
+            help="With --baseline: relative change beyond which a significant difference is a regression (default 5%).",
+        )(f)
+        return click.option("--baseline", type=click.Path(path_type=Path, file_okay=False), help=baseline_help)(f)
+
+    return decorate
+
+
+def _threshold(threshold_text: str | None, baseline: Path | None) -> float | None:
+    """The regression threshold of --fail-on-regression (which needs --baseline), None without a baseline."""
+    from ndis_replay.reports.compare import DEFAULT_THRESHOLD, parse_threshold
+
+    if baseline is None:
+        if threshold_text is not None:
+            raise ConfigError("--fail-on-regression", threshold_text, "needs --baseline")
+        return None
+    return parse_threshold(threshold_text) if threshold_text is not None else DEFAULT_THRESHOLD
+
+
+def _report_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.option(
+                "--report",
+                "report_html",
+                type=click.Path(path_type=Path, dir_okay=False),
+                help="Also write the HTML report (one self-contained file) here.",
+            ),
+            click.option(
+                "--markdown",
+                "report_markdown",
+                metavar="FILE|-",
+                help="Also write a Markdown summary here (- for standard output, e.g. >> $GITHUB_STEP_SUMMARY).",
+            ),
+            click.option(
+                "--junit",
+                "report_junit",
+                type=click.Path(path_type=Path, dir_okay=False),
+                help="Also write JUnit XML here (a test case per verifier rule and per comparison).",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def _report_files(html: Path | None, markdown: str | None, junit: Path | None) -> Any:
+    from ndis_replay.reports.output import STDOUT, ReportFiles
+
+    md: Path | str | None = None
+    if markdown is not None:
+        md = STDOUT if markdown == STDOUT else Path(markdown)
+    return ReportFiles(html=html, markdown=md, junit=junit)
+
+
+def _write_reports(
+    runs: Sequence[tuple[str, RunResult]],
+    files: Any,
+    baseline: tuple[str, RunResult] | None = None,
+    threshold: float | None = None,
+    title: str | None = None,
+) -> Any:
+    """Build the report of ``runs`` and write the formats ``files`` asks for; returns the Report."""
+    from ndis_replay.reports.compare import DEFAULT_THRESHOLD
+    from ndis_replay.reports.data import build_report
+    from ndis_replay.reports.output import write_report
+
+    report = build_report(
+        runs, baseline=baseline, threshold=threshold if threshold is not None else DEFAULT_THRESHOLD, title=title
+    )
+    if not files.empty:
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
+        for path in write_report(report, files, echo=lambda text: click.echo(text, nl=False)):
+            err.print(Text(f"report: {path}".translate(_CONTROL)))
+    return report
+
+
 @cli.command()
 @click.argument("traces", metavar="TRACE...", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
 @_engine_options
@@ -800,17 +882,8 @@ def _remove_outputs(paths: Sequence[Path]) -> None:
     help="Write the frames each strategy's checked pass transmitted to this pcap (out.<strategy>.pcap for several).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing results directory (and --wire files).")
-@click.option(
-    "--baseline",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="A results directory to compare this run with (as `ndis-replay compare`); exits 1 on a regression.",
-)
-@click.option(
-    "--fail-on-regression",
-    "threshold_text",
-    metavar="PERCENT",
-    help="With --baseline: relative change beyond which a significant difference is a regression (default 5%).",
-)
+@_baseline_options("A results directory to compare this run with (as `ndis-replay compare`); exits 1 on a regression.")
+@_report_options
 @_reader_options
 def run(
     traces: tuple[Path, ...],
@@ -828,6 +901,9 @@ def run(
     force: bool,
     baseline: Path | None,
     threshold_text: str | None,
+    report_html: Path | None,
+    report_markdown: str | None,
+    report_junit: Path | None,
     reader: str,
     dissect: bool,
     strict: bool,
@@ -839,6 +915,7 @@ def run(
     TRACE may be a capture or a Parquet trace written by `ndis-replay import`. Each trace gets a results
     directory (run.json + packets.parquet), written atomically; if the run stops (Ctrl-C, a trace that cannot be
     used) nothing it wrote is kept. Exits 1 when the verifier found anything, or with --baseline on a regression.
+    --report, --markdown and --junit write the report of the run (of every trace, with the baseline comparison).
     """
     from ndis_replay.engine.ndis.counters import CostProfile
     from ndis_replay.engine.replay import parse_pacing
@@ -847,15 +924,11 @@ def run(
 
     parse_batching(batching)
     # the baseline is checked before any replay: a run that cannot be compared is refused up front
-    threshold: float | None = None
+    threshold = _threshold(threshold_text, baseline)
     base_run: RunResult | None = None
-    if threshold_text is not None and baseline is None:
-        raise ConfigError("--fail-on-regression", threshold_text, "needs --baseline")
     if baseline is not None:
-        from ndis_replay.reports.compare import DEFAULT_THRESHOLD, parse_threshold
         from ndis_replay.results import load
 
-        threshold = parse_threshold(threshold_text) if threshold_text is not None else DEFAULT_THRESHOLD
         if len(traces) > 1:
             raise ConfigError("--baseline", str(baseline), "compares one run; give one TRACE")
         base_run = load(baseline)
@@ -887,7 +960,9 @@ def run(
         key=lambda p: len(p.parts),
         reverse=True,
     )
+    files = _report_files(report_html, report_markdown, report_junit)
     written: list[Path] = []
+    done: list[tuple[str, RunResult]] = []
     found = False
     try:
         for trace_file, target, wires in plan:
@@ -899,6 +974,7 @@ def run(
             save(result, target, force=force)
             written.append(target)
             _render_run(result, target)
+            done.append((str(target), result))
             found = found or not result.ok
             if base_run is not None and threshold is not None:
                 written.clear()  # the new run is a valid result: kept whatever the comparison says
@@ -911,6 +987,9 @@ def run(
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
+    if not files.empty:
+        base_pair = (str(baseline), base_run) if base_run is not None else None
+        _write_reports(done, files, base_pair, threshold)
     if found:
         click.get_current_context().exit(int(ExitCode.FINDINGS))
 
@@ -1181,19 +1260,82 @@ def _compare_and_gate(
     help="Metric to compare (repeat for several; default p50). packets_per_s is better higher.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON instead of a table.")
-def compare(base_dir: Path, new_dir: Path, threshold_text: str, metrics: tuple[str, ...], as_json: bool) -> None:
+@_report_options
+def compare(
+    base_dir: Path,
+    new_dir: Path,
+    threshold_text: str,
+    metrics: tuple[str, ...],
+    as_json: bool,
+    report_html: Path | None,
+    report_markdown: str | None,
+    report_junit: Path | None,
+) -> None:
     """Compare the results directory NEW_DIR with the baseline BASE_DIR, strategy by strategy (those both ran).
 
     The runs must have replayed the same trace on the same host. A difference is a regression only when it
     exceeds the threshold and the significance test agrees. Exits 1 on a regression or on any error finding in
-    NEW_DIR, 0 otherwise.
+    NEW_DIR, 0 otherwise. --report, --markdown and --junit write the report of NEW_DIR against BASE_DIR.
     """
     from ndis_replay.reports.compare import parse_threshold
+    from ndis_replay.results import load
 
     threshold = parse_threshold(threshold_text)
-    code = _compare_and_gate(base_dir, new_dir, metrics, threshold, as_json)
+    files = _report_files(report_html, report_markdown, report_junit)
+    base_run, new_run = load(base_dir), load(new_dir)
+    labels = (str(base_dir), str(new_dir))
+    code = _compare_and_gate(base_run, new_run, metrics, threshold, as_json, labels)
+    if not files.empty:
+        _write_reports([(str(new_dir), new_run)], files, (str(base_dir), base_run), threshold)
     if code:
         click.get_current_context().exit(code)
+
+
+@cli.command("report")
+@click.argument(
+    "run_dirs", metavar="RUN_DIR...", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False)
+)
+@click.option(
+    "-o",
+    "--output",
+    "html",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The HTML report (default report.html when no other format is asked for).",
+)
+@click.option(
+    "--markdown", "markdown", metavar="FILE|-", help="A Markdown summary (- for standard output), for CI summaries."
+)
+@click.option("--junit", "junit", type=click.Path(path_type=Path, dir_okay=False), help="JUnit XML for CI test panels.")
+@_baseline_options("A results directory to compare each run with (same trace and host).")
+@click.option("--title", help="The report's title (default: the traces' names).")
+def report_cmd(
+    run_dirs: tuple[Path, ...],
+    html: Path | None,
+    markdown: str | None,
+    junit: Path | None,
+    baseline: Path | None,
+    threshold_text: str | None,
+    title: str | None,
+) -> None:
+    """Write the report of one or more results directories: an HTML file that opens offline (verdict, summary per
+    strategy, NDIS 5 vs NDIS 6 with ratios and intervals, latency by packet and send-call size, distributions,
+    latency over the trace, operations per packet, verifier findings, trace, host and the command to reproduce),
+    and on request a Markdown summary and JUnit XML.
+
+    Exits 1 when a run has a verifier finding or, with --baseline, a regression (as `run` and `compare` do), so a
+    CI step can both publish the report and fail.
+    """
+    from ndis_replay.results import load
+
+    threshold = _threshold(threshold_text, baseline)
+    if html is None and markdown is None and junit is None:
+        html = Path("report.html")
+    files = _report_files(html, markdown, junit)
+    runs = [(str(d), load(d)) for d in run_dirs]
+    base_pair = (str(baseline), load(baseline)) if baseline is not None else None
+    report = _write_reports(runs, files, base_pair, threshold, title)
+    if not report.exit_ok:
+        click.get_current_context().exit(int(ExitCode.FINDINGS))
 
 
 def main() -> None:

@@ -15,6 +15,9 @@ Ctrl-C) nothing is left behind, and an existing directory is replaced only when 
 Format version history (also in the README):
 
 1 — first version (issue 3).
+2 — ``trace`` gains ``interfaces`` (id, linktype, name, description), ``comments`` (the capture's comments, at most
+1,000) with ``comment_count``, and ``measured`` (the driver's own latency when the trace has completions, else
+null) (issue 4). Version 1 directories are still read: the report treats the missing fields as absent.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import json
 import os
 import shutil
 import tempfile
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +40,9 @@ import polars as pl
 from ndis_replay.errors import OutputExists, OutputUnwritable, ResultsError, ResultsVersionError
 
 #: Version of the results directory format (run.json + packets.parquet). History in the module docstring.
-RESULTS_FORMAT_VERSION = 1
+RESULTS_FORMAT_VERSION = 2
 #: Versions :func:`load` reads.
-SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2)
 RUN_JSON = "run.json"
 PACKETS_PARQUET = "packets.parquet"
 
@@ -204,20 +209,63 @@ class RunResult:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], source: str | Path = "run.json") -> RunResult:
-        """Rebuild from ``run.json``'s document (version checked by the caller)."""
+        """Rebuild from ``run.json``'s document (version checked by the caller). Every field is checked against its
+        declared type (a hand-edited or damaged file is refused with the field named, not half-read)."""
         names = {f.name for f in dataclasses.fields(cls)} - {"packets"}
         strategy_names = {f.name for f in dataclasses.fields(StrategyResult)}
         missing = sorted(n for n in names if n not in doc and n != "format_version")
         if missing:
             raise ResultsError(source, f"run.json lacks {', '.join(missing)}")
-        try:
-            strategies = [
-                StrategyResult(**{k: v for k, v in s.items() if k in strategy_names}) for s in doc["strategies"]
-            ]
-        except TypeError as exc:
-            raise ResultsError(source, f"run.json has an unreadable strategy record ({exc})") from exc
+        hints = typing.get_type_hints(cls)
+        for name in sorted(names - {"strategies", "format_version"}):
+            _check_type(doc[name], hints[name], name, source)
+        if not isinstance(doc["strategies"], list):
+            raise ResultsError(source, "run.json field strategies is not a list")
+        strategy_hints = typing.get_type_hints(StrategyResult)
+        strategies = []
+        for i, record in enumerate(doc["strategies"]):
+            if not isinstance(record, dict):
+                raise ResultsError(source, f"run.json field strategies[{i}] is not an object")
+            for name in sorted(strategy_names & record.keys()):
+                _check_type(record[name], strategy_hints[name], f"strategies[{i}].{name}", source)
+            try:
+                strategies.append(StrategyResult(**{k: v for k, v in record.items() if k in strategy_names}))
+            except TypeError as exc:
+                raise ResultsError(source, f"run.json has an unreadable strategy record ({exc})") from exc
         values = {k: doc[k] for k in names if k in doc and k != "strategies"}
         return cls(strategies=strategies, **values)
+
+
+def _check_type(value: object, hint: Any, where: str, source: str | Path) -> None:
+    """Raise ResultsError unless ``value`` (from JSON) fits ``hint`` (the outer type and, for lists and dicts,
+    the element types; ``Any`` accepts anything)."""
+    if _fits(value, hint):
+        return
+    raise ResultsError(source, f"run.json field {where} is {type(value).__name__}, not {_hint_name(hint)}")
+
+
+def _fits(value: object, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_fits(v, args[1]) for v in value.values())
+    return isinstance(value, origin or hint)
+
+
+def _hint_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 def _json_default(value: object) -> Any:

@@ -249,6 +249,44 @@ def trace_identity(trace: Trace, inp: ReplayInput, path: str | Path | None) -> d
         "calls": inp.calls,
         "linktypes": list(meta.linktypes),
         "batching": meta.batching,
+        "interfaces": [
+            {"id": i.id, "linktype": i.linktype, "name": i.name, "description": i.description} for i in meta.interfaces
+        ],
+        "comments": list(meta.details.get("comments", [])),
+        "comment_count": int(meta.details.get("comment_count", 0)),
+        "measured": measured_latency(trace),
+    }
+
+
+#: Quantile levels (0-1) of the measured-latency distribution kept in run.json: enough for a CDF drawn beside the
+#: replayed one, and its tail (p99.9) resolved.
+MEASURED_LEVELS: tuple[float, ...] = (*(i / 200 for i in range(201)), 0.995, 0.999)
+
+
+def measured_latency(trace: Trace) -> dict[str, Any] | None:
+    """The driver's own per-packet latency, when the trace has it (an ETW send/complete trace: ``complete_ts_ns``
+    beside ``ts_ns``): how many sends have a completion, the summary and the quantiles at :data:`MEASURED_LEVELS`
+    (ns, nearest rank). None for a trace without completions."""
+    frame = trace.frame
+    if "complete_ts_ns" not in frame.columns:
+        return None
+    sends = frame.filter(pl.col("direction") != "recv")
+    lat = sends.filter(pl.col("complete_ts_ns").is_not_null()).select(pl.col("complete_ts_ns") - pl.col("ts_ns"))
+    values = np.sort(lat.to_series().to_numpy())
+    if values.size == 0:
+        return None
+    ranks = np.clip(np.ceil(np.asarray(MEASURED_LEVELS) * values.size).astype(np.int64) - 1, 0, values.size - 1)
+    quantiles = [int(v) for v in values[ranks]]
+    return {
+        "packets": int(values.size),
+        "without_completion": int(sends.height - values.size),
+        "p50_ns": float(values[ranks[100]]),
+        "p99_ns": float(values[ranks[198]]),
+        "min_ns": int(values[0]),
+        "max_ns": int(values[-1]),
+        "mean_ns": float(values.mean()),
+        "levels": list(MEASURED_LEVELS),
+        "quantiles": quantiles,
     }
 
 

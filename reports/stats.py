@@ -33,6 +33,7 @@ Choices, and why:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -293,7 +294,9 @@ def summarize(latencies: Sample) -> LatencySummary:
     )
 
 
-def quantile_interval(values: Sample, q: float, *, alpha: float = ALPHA, what: str = "values") -> QuantileInterval:
+def quantile_interval(
+    values: Sample, q: float, *, alpha: float = ALPHA, what: str = "values", presorted: bool = False
+) -> QuantileInterval:
     """The exact distribution-free interval for the ``q`` quantile (0 < q < 1) by order statistics.
 
     With ``K ~ Binomial(n, q)`` the number of values below the true quantile ξ, ``P(x_(l) ≤ ξ ≤ x_(u)) ≥
@@ -301,12 +304,13 @@ def quantile_interval(values: Sample, q: float, *, alpha: float = ALPHA, what: s
     rank with ``P(K ≤ l − 1) ≤ alpha/2``, ``u`` the smallest with ``P(K ≥ u) ≤ alpha/2``; the exact coverage is
     returned. Assumes the values are independent draws (see :func:`bootstrap_over_rounds` for when they are
     not). Raises :class:`TooFewSamples` when ``n`` is too small for such ranks to exist (p99 at alpha 0.05
-    needs 368 values).
+    needs 368 values). ``presorted``: the caller promises ``values`` are ascending (saves a sort of millions of
+    values when one sorted array serves several intervals).
     """
     alpha = _alpha(alpha)
     if not 0.0 < q < 1.0:
         raise StatisticsError("q", "out of range", q)
-    arr = np.sort(_sample(values, what))
+    arr = _sample(values, what) if presorted else np.sort(_sample(values, what))
     n = int(arr.size)
     dist = sps.binom(n, q)
     # l − 1 = the largest k with P(K ≤ k) ≤ alpha/2; ppf gives the smallest k with P(K ≤ k) ≥ alpha/2
@@ -357,6 +361,18 @@ def quantile_stat(q: float) -> Callable[[FloatArray], float]:
     return lambda arr: _quantile(arr, q)
 
 
+def _bootstrap_rounds(per_round_values: Sequence[Sample], resamples: int) -> list[FloatArray]:
+    """The rounds of a bootstrap over rounds, validated: at least two, each non-empty and finite."""
+    if resamples < 1:
+        raise StatisticsError("resamples", "out of range", resamples)
+    if len(per_round_values) == 0:
+        raise EmptySample("per_round_values")
+    rounds = [_sample(values, f"round {i}") for i, values in enumerate(per_round_values)]
+    if len(rounds) < 2:
+        raise TooFewSamples("per_round_values", len(rounds), 2, "bootstrap over rounds")
+    return rounds
+
+
 def bootstrap_over_rounds(
     per_round_values: Sequence[Sample],
     stat: Callable[[FloatArray], float],
@@ -375,13 +391,7 @@ def bootstrap_over_rounds(
     the cost is ``resamples`` evaluations of ``stat`` on a pooled sample.
     """
     alpha = _alpha(alpha)
-    if resamples < 1:
-        raise StatisticsError("resamples", "out of range", resamples)
-    if len(per_round_values) == 0:
-        raise EmptySample("per_round_values")
-    rounds = [_sample(values, f"round {i}") for i, values in enumerate(per_round_values)]
-    if len(rounds) < 2:
-        raise TooFewSamples("per_round_values", len(rounds), 2, "bootstrap over rounds")
+    rounds = _bootstrap_rounds(per_round_values, resamples)
 
     def pooled_stat(picked: npt.NDArray[Any]) -> float:
         return float(stat(np.concatenate([rounds[int(i)] for i in picked])))
@@ -404,6 +414,63 @@ def bootstrap_over_rounds(
         rounds=len(rounds),
         resamples=resamples,
     )
+
+
+def bootstrap_quantiles_over_rounds(
+    per_round_values: Sequence[Sample],
+    qs: Sequence[float],
+    *,
+    alpha: float = ALPHA,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[float, BootstrapInterval]:
+    """:func:`bootstrap_over_rounds` of the ``qs`` quantiles (0-1, nearest rank) at once, fast enough for
+    millions of packets.
+
+    The same percentile bootstrap (each resample draws as many rounds as were measured, with replacement, and
+    takes the quantile of their values pooled), computed from counts instead of copies: every round becomes its
+    cumulative counts over the distinct latencies of the run, a resample's pooled counts are a weighted sum of
+    those, and its quantile is found in them. Exact (no binning); the cost grows with the number of distinct
+    values, not with the number of packets. The resampled round indexes come from ``seed`` as in
+    :func:`bootstrap_over_rounds`, so the intervals are deterministic.
+    """
+    alpha = _alpha(alpha)
+    for q in qs:
+        if not 0.0 <= q <= 1.0:
+            raise StatisticsError("q", "out of range", q)
+    rounds = _bootstrap_rounds(per_round_values, resamples)
+    distinct, inverse = np.unique(np.concatenate(rounds), return_inverse=True)
+    bounds = np.cumsum([0, *(r.size for r in rounds)])
+    cumulative = np.stack(
+        [np.cumsum(np.bincount(inverse[lo:hi], minlength=distinct.size)) for lo, hi in itertools.pairwise(bounds)]
+    ).astype(np.float64)  # rounds × distinct; float64 for the matrix product (exact below 2^53 packets)
+    n_rounds = len(rounds)
+    picks = np.random.default_rng(seed).integers(0, n_rounds, size=(resamples, n_rounds))
+    weights = np.zeros((resamples, n_rounds))
+    np.add.at(weights, (np.repeat(np.arange(resamples), n_rounds), picks.ravel()), 1.0)
+    stats: dict[float, list[float]] = {float(q): [] for q in qs}
+    chunk = max(1, 2_000_000 // max(distinct.size, 1))  # resamples per step: ~16 MB of pooled counts at a time
+    for start in range(0, resamples, chunk):
+        pooled = weights[start : start + chunk] @ cumulative  # resamples × distinct cumulative counts
+        totals = pooled[:, -1]
+        for q in stats:
+            rank = np.maximum(np.ceil(q * totals), 1.0)  # nearest rank: the smallest x with F(x) ≥ q
+            index = (pooled < rank[:, None]).sum(axis=1)
+            stats[q].extend(distinct[np.minimum(index, distinct.size - 1)].tolist())
+    everything = np.sort(np.concatenate(rounds))
+    out: dict[float, BootstrapInterval] = {}
+    for q, values in stats.items():
+        low, high = np.quantile(np.asarray(values), [alpha / 2, 1 - alpha / 2])
+        estimate = everything[max(math.ceil(q * everything.size), 1) - 1]
+        out[q] = BootstrapInterval(
+            estimate=float(estimate),
+            low=float(low),
+            high=float(high),
+            alpha=alpha,
+            rounds=n_rounds,
+            resamples=resamples,
+        )
+    return out
 
 
 # --- comparisons -----------------------------------------------------------------------------------------------

@@ -94,9 +94,19 @@ class KillsWorker(ReuseStrategy):
 SEEDED = (StaleDataOffset, RaisesInBuild, ReusesInFlight, FailsWhenTimed, KillsWorker)
 
 
-def write_capture(path: Path, count: int = 24, *, receive_every: int = 4, gap_ns: int = 3_000) -> Path:
+def write_capture(
+    path: Path,
+    count: int = 24,
+    *,
+    receive_every: int = 4,
+    gap_ns: int = 3_000,
+    interface: WriterInterface | None = None,
+    comment: str = "",
+    packet_comments: dict[int, str] | None = None,
+) -> Path:
     """A pcapng of ``count`` frames of 60–1514 bytes with distinct bytes; every ``receive_every``-th is a receive
-    (0: none), the rest are sends."""
+    (0: none), the rest are sends. ``interface`` (default: one named eth0), ``comment`` (the section's) and
+    ``packet_comments`` go into the file as given."""
     sizes = (60, 590, 1514, 128, 66)
     packets = []
     for i in range(count):
@@ -104,7 +114,8 @@ def write_capture(path: Path, count: int = 24, *, receive_every: int = 4, gap_ns
         frame = bytes((i * 31 + j) % 251 for j in range(size))
         direction = "recv" if receive_every and i % receive_every == receive_every - 1 else "send"
         packets.append((0, T0 + i * gap_ns, frame, size, direction))
-    write_pcapng(path, packets, interfaces=[WriterInterface(name="eth0")])
+    interface = interface or WriterInterface(name="eth0")
+    write_pcapng(path, packets, interfaces=[interface], comment=comment, packet_comments=packet_comments)
     return path
 
 

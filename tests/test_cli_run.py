@@ -24,7 +24,7 @@ from ndis_replay.cli import cli
 from ndis_replay.engine.strategies import STRATEGIES
 from ndis_replay.errors import ExitCode
 from ndis_replay.importers import open_trace
-from ndis_replay.results import PACKET_SCHEMA, load
+from ndis_replay.results import PACKET_SCHEMA, RESULTS_FORMAT_VERSION, load
 from tests.conftest import SAMPLES
 from tests.replay_helpers import SEEDED, write_capture, write_empty, write_receive_only
 
@@ -74,7 +74,7 @@ def test_run_writes_a_results_directory(tmp_path: Path, capture: Path, private_t
     for word in ("reuse", "alloc", "p99.9", "packets/s", "allocs", "locks", "findings", f"results: {out}"):
         assert word in result.stdout
     res = load(out)
-    assert res.format_version == 1 and res.ok
+    assert res.format_version == RESULTS_FORMAT_VERSION and res.ok
     assert [s.name for s in res.strategies] == ["reuse", "alloc"]
     assert res.command == ["ndis-replay", "run", str(capture), "-s", "reuse", "-s", "alloc", "--rounds", "2",
                            "--warmup", "1", "--out", str(out)]  # fmt: skip
@@ -367,7 +367,7 @@ def test_end_to_end_as_a_subprocess(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     doc = json.loads((out / "run.json").read_text())
-    assert doc["format_version"] == 1
+    assert doc["format_version"] == RESULTS_FORMAT_VERSION
     replayed = doc["trace"]["replayed"]
     assert replayed == open_trace(sample).frame.filter(pl.col("direction") != "recv").height
     assert pl.read_parquet(out / "packets.parquet").height == replayed * 2 * 2

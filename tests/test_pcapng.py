@@ -218,3 +218,33 @@ def test_blocks_across_chunk_boundaries(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr("ndis_replay.importers.pcapng.CHUNK_SIZE", chunk)
     assert open_trace(path).frame.equals(whole.frame)
     assert whole.frame["data"].to_list() == [p[2] for p in packets]
+
+
+@pytest.mark.parametrize("big_endian", [False, True], ids=["little", "big"])
+def test_comments_come_through(tmp_path: Path, big_endian: bool) -> None:
+    # section, interface and packet opt_comments (what etl2pcapng and Wireshark users write) reach the metadata
+    path = tmp_path / "c.pcapng"
+    packets = [(0, 1_000 * i, bytes(60), 60, "send") for i in range(4)]
+    iface = WriterInterface(name="eth0", comment="the uplink")
+    write_pcapng(
+        path, packets, interfaces=[iface], big_endian=big_endian, comment="lab run 7", packet_comments={2: "é ✓"}
+    )
+    details = open_trace(path).meta.details
+    assert details["comments"] == [
+        {"where": "section", "section": 0, "text": "lab run 7"},
+        {"where": "interface", "interface": 0, "text": "the uplink"},
+        {"where": "packet", "packet": 2, "text": "é ✓"},
+    ]
+    assert details["comment_count"] == 3
+
+
+def test_comments_are_bounded(tmp_path: Path) -> None:
+    from ndis_replay.importers.pcapng import MAX_COMMENT_CHARS, MAX_COMMENTS
+
+    path = tmp_path / "many.pcapng"
+    count = MAX_COMMENTS + 5
+    packets = [(0, i, bytes(60), 60, "send") for i in range(count)]
+    write_pcapng(path, packets, packet_comments=dict.fromkeys(range(count), "x" * (MAX_COMMENT_CHARS + 10)))
+    details = open_trace(path).meta.details
+    assert len(details["comments"]) == MAX_COMMENTS and details["comment_count"] == count
+    assert len(details["comments"][0]["text"]) == MAX_COMMENT_CHARS + 1  # cut, and marked with "…"

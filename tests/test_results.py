@@ -89,7 +89,7 @@ def test_round_trip(tmp_path: Path) -> None:
     original = result(strategy(), strategy("alloc", status="findings", errors=2, finding_counts={"X": 2}))
     target = save(original, tmp_path / "res")
     doc = json.loads((target / RUN_JSON).read_text())
-    assert doc["format_version"] == RESULTS_FORMAT_VERSION == 1
+    assert doc["format_version"] == RESULTS_FORMAT_VERSION == 2
     back = load(target)
     assert back == original  # every run.json field (packets are compared below)
     assert back.packets is not None and original.packets is not None

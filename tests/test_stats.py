@@ -28,6 +28,7 @@ from ndis_replay.reports.stats import (
     StatisticsError,
     TooFewSamples,
     bootstrap_over_rounds,
+    bootstrap_quantiles_over_rounds,
     count_outliers,
     mann_whitney,
     median_interval,
@@ -387,3 +388,14 @@ def test_too_few_carries_the_needed_count() -> None:
         p99_interval(np.arange(100))
     assert (info.value.n, info.value.needed) == (100, 368)
     assert p99_interval(np.arange(368)).upper_rank == 368
+
+
+@pytest.mark.parametrize("rounds", [2, 5, 9], ids=lambda n: f"{n}-rounds")
+def test_fast_round_bootstrap_equals_scipy(rounds: int) -> None:
+    # the count-based bootstrap of quantiles resamples rounds exactly as scipy's does: same seed, same interval
+    rng = np.random.default_rng(rounds)
+    per_round = [np.rint(rng.lognormal(np.log(2000 * (1 + 0.03 * i)), 0.4, 700)) for i in range(rounds)]
+    fast = bootstrap_quantiles_over_rounds(per_round, (0.5, 0.99), resamples=400, seed=3)
+    for q in (0.5, 0.99):
+        slow = bootstrap_over_rounds(per_round, quantile_stat(q), resamples=400, seed=3)
+        assert fast[q] == slow
