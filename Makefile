@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SOURCES := $(shell find replay importers engine reports -name '*.py' -not -path '*/__pycache__/*') pyproject.toml
 
-.PHONY: demo test lint typecheck samples bench-import bench-replay tshark browser clean
+.PHONY: demo test lint typecheck samples bench-import bench-replay bench-report tshark browser clean
 
 $(BIN)/python:
 	@$(PY) -m venv $(VENV) 2>/dev/null || { \
@@ -27,11 +27,14 @@ $(VENV)/.test: $(BIN)/python $(SOURCES)
 	@touch $@ $(VENV)/.runtime
 
 ## demo: install, show what the request/response sample trace holds, then replay it through three strategies
-##       (NDIS 5 packet reuse, NDIS 6 allocate-per-send, NDIS 6 NBL reuse) into out/demo (replaced on each run)
+##       (NDIS 5 packet reuse, NDIS 6 allocate-per-send, NDIS 6 NBL reuse) into out/demo (replaced on each run),
+##       and write its HTML report to out/demo-report.html
 demo: $(VENV)/.runtime
 	$(BIN)/ndis-replay inspect sample_traces/request_response.pcapng
 	$(BIN)/ndis-replay run sample_traces/request_response.pcapng \
-	  --strategy ndis5-reuse --strategy alloc --strategy reuse --rounds 3 --warmup 1 --out out/demo --force
+	  --strategy ndis5-reuse --strategy alloc --strategy reuse --rounds 3 --warmup 1 --out out/demo --force \
+	  --report out/demo-report.html
+	@echo "The report: $(CURDIR)/out/demo-report.html (open it in a browser; it needs no network)"
 
 ## test: install what the tests need (Python packages, tshark, chromium), then lint, type-check and run the suite
 test: $(VENV)/.test tshark browser
@@ -65,6 +68,9 @@ bench-import: $(VENV)/.test
 
 bench-replay: $(VENV)/.test
 	$(BIN)/python bench/replay_bench.py
+
+bench-report: $(VENV)/.test
+	$(BIN)/python bench/report_bench.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -44,6 +44,8 @@ _STYLE: Final[Any] = {
     "axes.grid": True,
     "grid.alpha": 0.3,
     "legend.frameon": False,
+    # names come from users and traces: a "$" must not switch to mathtext (slow, and an error on bad TeX)
+    "text.parse_math": False,
 }
 _NS = EngFormatter(unit="s", places=0)
 
@@ -234,6 +236,8 @@ def op_counts(rv: RunView, name: str = "op-counts") -> str:
         ax.invert_yaxis()
         if values and max(values) / min(values) > 100:
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda _v, _p: ""))
         ax.set_xlabel("per packet (mean over the measured rounds)")
         if names:
             ax.legend(loc="lower right")

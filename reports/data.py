@@ -17,8 +17,11 @@ the driver did before the port), else ``alloc`` (the naive NDIS 6 port), else th
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import dataclasses
 import math
+import os
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -315,7 +318,29 @@ def _intervals(rounds: list[Int64Array], pooled: Int64Array) -> tuple[Interval |
     return out[0], out[1]
 
 
-def _strategy_view(s: StrategyResult, frame: pl.DataFrame | None) -> tuple[StrategyView, Int64Array | None]:
+@dataclass(frozen=True, slots=True)
+class _Packets:
+    """One strategy's completed packets, sorted by latency (every quantile below is a lookup): latency (ns), size
+    (bytes), index in the trace, packets in the send call."""
+
+    latency: Int64Array
+    size: Int64Array
+    index: Int64Array
+    call_size: Int64Array
+
+
+def _split_rounds(rounds: Int64Array, latency: Int64Array) -> list[Int64Array]:
+    """Latencies per measured round (rows are written round by round; sorted otherwise)."""
+    if rounds.size and np.any(np.diff(rounds) < 0):
+        order = np.argsort(rounds, kind="stable")
+        rounds, latency = rounds[order], latency[order]
+    cuts = np.flatnonzero(np.diff(rounds)) + 1
+    return [np.sort(part) for part in np.split(latency, cuts)]
+
+
+def _strategy_view(
+    s: StrategyResult, frame: pl.DataFrame | None, calls: Int64Array | None
+) -> tuple[StrategyView, _Packets | None]:
     view = StrategyView(
         name=s.name,
         base=s.base,
@@ -338,13 +363,22 @@ def _strategy_view(s: StrategyResult, frame: pl.DataFrame | None) -> tuple[Strat
         view.packets_per_s = s.summary.get("packets_per_s")
     if frame is None or frame.height == 0:
         return view, None
-    view.uncompleted = int(frame.select((pl.col("latency_ns") < 0).sum()).item())
-    done = frame.filter(pl.col("latency_ns") >= 0).select("round", "latency_ns")
-    if done.height == 0:
+    latency = frame.get_column("latency_ns").cast(pl.Int64).to_numpy()
+    completed = latency >= 0
+    view.uncompleted = int(completed.size - completed.sum())
+    if not completed.any():
         return view, None
-    by_round = done.partition_by("round", as_dict=True, maintain_order=True)
-    rounds = [np.sort(part.get_column("latency_ns").cast(pl.Int64).to_numpy()) for part in by_round.values()]
-    pooled = np.sort(np.concatenate(rounds)) if len(rounds) > 1 else rounds[0]
+
+    def column(name: str) -> Int64Array:
+        return frame.get_column(name).cast(pl.Int64).to_numpy()[completed]
+
+    latency = latency[completed]
+    rounds = _split_rounds(column("round"), latency)
+    order = np.argsort(latency, kind="stable")
+    pooled = latency[order]
+    batch = column("batch")[order]
+    call_size = calls[np.minimum(batch, calls.size - 1)] if calls is not None else np.ones_like(batch)
+    packets = _Packets(pooled, column("size")[order], column("index")[order], call_size)
     view.samples = int(pooled.size)
     view.rounds = len(rounds)
     view.p50, view.p90 = _nearest(pooled, 0.5), _nearest(pooled, 0.9)
@@ -359,40 +393,51 @@ def _strategy_view(s: StrategyResult, frame: pl.DataFrame | None) -> tuple[Strat
         mean = float(medians.mean())
         view.round_cv = float(medians.std(ddof=1) / mean) if mean > 0 else None
         view.noisy = view.round_cv is not None and view.round_cv > NOISE_CV_BOUND
-    return view, pooled
+    return view, packets
 
 
-def _bucket_expr(column: str, buckets: Sequence[tuple[int, int, str]]) -> pl.Expr:
-    expr: pl.Expr = pl.lit(buckets[-1][2])
-    for low, high, label in reversed(buckets[:-1]):
-        expr = pl.when(pl.col(column).is_between(low, high)).then(pl.lit(label)).otherwise(expr)
-    return expr.alias("bucket")
+def _bucket_rows(
+    by_strategy: dict[str, _Packets], column: str, buckets: Sequence[tuple[int, int, str]]
+) -> list[BucketRow]:
+    """p50 and p99 per bucket of ``column`` (``size`` or ``call_size``) and strategy; for send calls also the
+    median time per packet of the call. Rows by bucket, then strategy in run order."""
+    rows = []
+    for low, high, label in buckets:
+        for name, p in by_strategy.items():
+            key = getattr(p, column)
+            mask = (key >= low) & (key <= high)
+            latency = p.latency[mask]  # still sorted
+            if latency.size == 0:
+                continue
+            per_packet = None
+            if column == "call_size":
+                per_packet = _nearest(np.sort(latency / key[mask]), 0.5)
+            rows.append(
+                BucketRow(name, label, int(latency.size), _nearest(latency, 0.5), _nearest(latency, 0.99), per_packet)
+            )
+    return rows
 
 
-def _nearest_expr(column: str, q: float) -> pl.Expr:
-    # nearest rank, as everywhere in the reports (polars' "lower" on a sorted column is not nearest rank for all n)
-    return pl.col(column).sort().gather((pl.len() * q).ceil().cast(pl.Int64).clip(1) - 1).first()
+def _frames_by_strategy(packets: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """Each strategy's rows: zero-copy slices when they are contiguous (as the runner writes them)."""
+    runs = packets.get_column("strategy").rle()
+    names = runs.struct.field("value").to_list()
+    if len(set(names)) != len(names):
+        return {str(k[0]): v for k, v in packets.partition_by("strategy", as_dict=True).items()}
+    out, offset = {}, 0
+    for name, length in zip(names, runs.struct.field("len").to_list(), strict=True):
+        out[str(name)] = packets.slice(offset, length)
+        offset += length
+    return out
 
 
-def _bucket_rows(done: pl.DataFrame, column: str, buckets: Sequence[tuple[int, int, str]]) -> list[BucketRow]:
-    order = {label: i for i, (_, _, label) in enumerate(buckets)}
-    aggs = [pl.len().alias("packets"), _nearest_expr("latency_ns", 0.5).alias("p50")]
-    aggs.append(_nearest_expr("latency_ns", 0.99).alias("p99"))
-    if column == "call_size":
-        aggs.append(_nearest_expr("per_packet_ns", 0.5).alias("per_packet_p50"))
-    table = done.with_columns(_bucket_expr(column, buckets)).group_by("strategy", "bucket").agg(aggs)
-    rows = [
-        BucketRow(
-            strategy=r["strategy"],
-            bucket=r["bucket"],
-            packets=int(r["packets"]),
-            p50=float(r["p50"]),
-            p99=float(r["p99"]),
-            per_packet_p50=float(r["per_packet_p50"]) if "per_packet_p50" in r else None,
-        )
-        for r in table.iter_rows(named=True)
-    ]
-    return sorted(rows, key=lambda r: (order[r.bucket], r.strategy))
+def _call_sizes(packets: pl.DataFrame) -> Int64Array:
+    """Packets per send call, indexed by send-call number. One run has one batching rule, so every strategy and
+    round shares the send calls: they are counted once, in the first strategy's first round (uncompleted packets
+    included)."""
+    first = packets.row(0, named=True)
+    one = packets.filter((pl.col("strategy") == first["strategy"]) & (pl.col("round") == first["round"]))
+    return np.bincount(one.get_column("batch").to_numpy().astype(np.int64))
 
 
 def _cdf(name: str, pooled: Int64Array) -> Series:
@@ -425,51 +470,61 @@ def _histogram(
     return tuple(float(e) for e in edges), series, overflow
 
 
-def _over_trace(done: pl.DataFrame, packets: int) -> list[Series]:
+def _over_trace(by_strategy: dict[str, _Packets], packets: int) -> list[Series]:
     """The median latency per window of the trace (by packet index), pooled over rounds."""
     width = max(1, math.ceil(max(packets, 1) / TRACE_WINDOWS))
-    table = (
-        done.with_columns((pl.col("index") // width).alias("window"))
-        .group_by("strategy", "window")
-        .agg(_nearest_expr("latency_ns", 0.5).alias("p50"))
-        .sort("strategy", "window")
-    )
     out = []
-    for (name,), part in table.group_by("strategy", maintain_order=True):
-        x = part.get_column("window").to_numpy() * width + width / 2
-        out.append(Series(str(name), tuple(float(v) for v in x), tuple(float(v) for v in part.get_column("p50"))))
+    for name, p in by_strategy.items():
+        window = p.index // width
+        order = np.argsort(window, kind="stable")  # stable: each window's latencies stay sorted
+        window, latency = window[order], p.latency[order]
+        starts = np.flatnonzero(np.r_[True, np.diff(window) > 0])
+        ends = np.r_[starts[1:], window.size]
+        ranks = starts + np.maximum(np.ceil(0.5 * (ends - starts)).astype(np.int64), 1) - 1
+        x = window[starts] * width + width / 2
+        out.append(Series(name, tuple(float(v) for v in x), tuple(float(v) for v in latency[ranks])))
     return out
 
 
-def _ratios(run: RunResult, views: list[StrategyView], reference: str | None, threshold: float) -> list[Ratio]:
-    if reference is None or run.packets is None:
+def _ratio(
+    run: RunResult, ref: StrategyView, v: StrategyView, frames: dict[str, pl.DataFrame], threshold: float
+) -> Ratio:
+    # the two strategies' rows only (zero-copy slices): the comparison filters its input several times
+    pair_run = dataclasses.replace(run)
+    pair_run.packets = pl.concat([frames[ref.name], frames[v.name]], rechunk=False)
+    (c,) = compare_strategies(pair_run, ref.name, v.name, metric="p50", threshold=threshold)
+    pairs = pair_latencies(pair_run.packets, ref.name, v.name)
+    keep = pairs.base > 0  # a zero-latency reference packet has no ratio (the clock did not advance)
+    ratios = np.sort(pairs.new[keep] / pairs.base[keep])
+    interval = None
+    with contextlib.suppress(StatisticsError):  # too few pairs for an interval
+        qi = quantile_interval(ratios, 0.5, presorted=True)
+        interval = (qi.low, qi.high)
+    return Ratio(
+        strategy=v.name,
+        reference=ref.name,
+        p50_ratio=(v.p50 or 0.0) / ref.p50 if ref.p50 else math.nan,
+        p99_ratio=v.p99 / ref.p99 if v.p99 is not None and ref.p99 else None,
+        packet_ratio=_nearest(ratios, 0.5) if ratios.size else math.nan,  # type: ignore[arg-type]
+        packet_interval=interval,
+        verdict=c.verdict,
+        comparison=c,
+    )
+
+
+def _ratios(
+    run: RunResult,
+    views: list[StrategyView],
+    reference: str | None,
+    frames: dict[str, pl.DataFrame],
+    threshold: float,
+    pool: concurrent.futures.Executor,
+) -> list[Ratio]:
+    if reference is None:
         return []
     ref = next(v for v in views if v.name == reference)
-    out = []
-    for v in views:
-        if v.name == reference or not v.samples or not ref.p50:
-            continue
-        (c,) = compare_strategies(run, reference, v.name, metric="p50", threshold=threshold)
-        pairs = pair_latencies(run.packets, reference, v.name)
-        keep = pairs.base > 0  # a zero-latency reference packet has no ratio (the clock did not advance)
-        ratios = np.sort(pairs.new[keep] / pairs.base[keep])
-        interval = None
-        with contextlib.suppress(StatisticsError):  # too few pairs for an interval
-            qi = quantile_interval(ratios, 0.5, presorted=True)
-            interval = (qi.low, qi.high)
-        out.append(
-            Ratio(
-                strategy=v.name,
-                reference=reference,
-                p50_ratio=(v.p50 or 0.0) / ref.p50,
-                p99_ratio=v.p99 / ref.p99 if v.p99 is not None and ref.p99 else None,
-                packet_ratio=_nearest(ratios, 0.5) if ratios.size else math.nan,  # type: ignore[arg-type]
-                packet_interval=interval,
-                verdict=c.verdict,
-                comparison=c,
-            )
-        )
-    return out
+    others = [v for v in views if v.name != reference and v.samples and v.name in frames and ref.p50]
+    return list(pool.map(lambda v: _ratio(run, ref, v, frames, threshold), others))
 
 
 def _view_run(
@@ -478,27 +533,21 @@ def _view_run(
     packets = run.packets if run.packets is not None else pl.DataFrame()
     notes: list[str] = []
     frames: dict[str, pl.DataFrame] = {}
+    calls = None
     if packets.height:
-        frames = {str(k[0]): v for k, v in packets.partition_by("strategy", as_dict=True).items()}
-    views, pooled = [], {}
-    for s in run.strategies:
-        view, arr = _strategy_view(s, frames.get(s.name))
-        views.append(view)
-        if arr is not None:
-            pooled[s.name] = arr
-    reference = choose_reference(views)
-    done = pl.DataFrame()
-    size_rows: list[BucketRow] = []
-    call_rows: list[BucketRow] = []
-    over: list[Series] = []
-    if packets.height:
-        done = packets.filter(pl.col("latency_ns") >= 0).with_columns(
-            pl.len().over("strategy", "round", "batch").alias("call_size")
-        )
-        done = done.with_columns((pl.col("latency_ns") / pl.col("call_size")).alias("per_packet_ns"))
-        size_rows = _bucket_rows(done, "size", SIZE_BUCKETS)
-        call_rows = _bucket_rows(done, "call_size", CALL_BUCKETS)
-        over = _over_trace(done, int(run.trace.get("packets") or 0))
+        frames = _frames_by_strategy(packets)
+        calls = _call_sizes(packets)
+    # per strategy: sorts of millions of values, which numpy runs without the GIL, so the cores share them
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        done = list(pool.map(lambda s: _strategy_view(s, frames.get(s.name), calls), run.strategies))
+        views = [view for view, _ in done]
+        by_strategy = {view.name: arrays for view, arrays in done if arrays is not None}
+        reference = choose_reference(views)
+        ratios = _ratios(run, views, reference, frames, threshold, pool)
+    size_rows = _bucket_rows(by_strategy, "size", SIZE_BUCKETS)
+    call_rows = _bucket_rows(by_strategy, "call_size", CALL_BUCKETS)
+    over = _over_trace(by_strategy, int(run.trace.get("packets") or 0))
+    pooled = {name: p.latency for name, p in by_strategy.items()}
     edges, hist, overflow = _histogram(pooled)
     counters = sorted(
         {k for v in views for k, value in v.per_packet.items() if value and k not in ("nbls_sent", "packets_sent")}
@@ -517,7 +566,7 @@ def _view_run(
         run=run,
         strategies=views,
         reference=reference,
-        ratios=_ratios(run, views, reference, threshold),
+        ratios=ratios,
         size_rows=size_rows,
         call_rows=call_rows,
         cdf=[_cdf(name, arr) for name, arr in pooled.items()],

@@ -620,8 +620,19 @@ def pair_latencies(packets: pl.DataFrame, base: str, new: str) -> PairedLatencie
         return rows.rename({"latency_ns": name})
 
     a, b = side(base), side(new)
-    joined = a.join(b, on=keys, how="inner", suffix="_new")
     new_col = new if new != base else f"{new}_new"
+    if a.height == b.height and a.select(keys).equals(b.select(keys)):
+        # strategies of one run replay the same packets in the same order: aligned already, no join needed
+        x = a.get_column(base).cast(pl.Int64).to_numpy()
+        y = b.get_column(new).cast(pl.Int64).to_numpy()
+        keep = (x >= 0) & (y >= 0)
+        order = np.lexsort((a.get_column("index").to_numpy(), a.get_column("round").to_numpy()))
+        if not np.all(order[1:] > order[:-1]):  # not in (round, index) order: put it in that order
+            x, y, keep = x[order], y[order], keep[order]
+        if not keep.any():
+            raise EmptySample(f"pairs {base}/{new}")
+        return PairedLatencies(base=x[keep], new=y[keep], unmatched=2 * int(keep.size - keep.sum()))
+    joined = a.join(b, on=keys, how="inner", suffix="_new")
     joined = joined.filter((pl.col(base) >= 0) & (pl.col(new_col) >= 0)).sort(keys)
     if joined.height == 0:
         raise EmptySample(f"pairs {base}/{new}")
