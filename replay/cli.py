@@ -125,8 +125,9 @@ def _(exc: ResultsError) -> str:
 
 @describe.register
 def _(exc: ResultsVersionError) -> str:
-    versions = ", ".join(str(v) for v in exc.supported)
-    return f"{exc.path}: results format version {exc.version!r}; this ndis-replay reads version {versions}"
+    known = [str(v) for v in exc.supported]
+    versions = f"version {known[0]}" if len(known) == 1 else f"versions {', '.join(known[:-1])} and {known[-1]}"
+    return f"{exc.path}: results format version {exc.version!r}; this ndis-replay reads {versions}"
 
 
 @describe.register

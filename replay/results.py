@@ -17,7 +17,8 @@ Format version history (also in the README):
 1 — first version (issue 3).
 2 — ``trace`` gains ``interfaces`` (id, linktype, name, description), ``comments`` (the capture's comments, at most
 1,000) with ``comment_count``, and ``measured`` (the driver's own latency when the trace has completions, else
-null) (issue 4). Version 1 directories are still read: the report treats the missing fields as absent.
+null), and the summary's percentiles are nearest rank (version 1 interpolated linearly), as everywhere in the reports
+(issue 4). Version 1 directories are still read: the report treats the missing fields as absent.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ PACKET_SCHEMA: dict[str, pl.DataType] = {
 }
 MODELLED_COLUMN = "modelled_ns"
 
-#: Latency percentiles in the summary: key → percentile.
-PERCENTILES: dict[str, float] = {"p50_ns": 50.0, "p90_ns": 90.0, "p99_ns": 99.0, "p999_ns": 99.9}
+#: Latency quantiles in the summary: key → quantile (0-1), nearest rank as in the reports (a reported p99 is a
+#: latency that was measured). Fractions, not percentiles: 99.9 / 100 lands just above 0.999 in floating point.
+PERCENTILES: dict[str, float] = {"p50_ns": 0.5, "p90_ns": 0.9, "p99_ns": 0.99, "p999_ns": 0.999}
 #: Descriptor kinds whose peak outstanding count is reported.
 PEAK_KINDS = ("nbl", "nb", "mdl", "ctx", "packet", "buffer", "data")
 
@@ -76,14 +78,14 @@ def latency_summary(
     packets: int,
 ) -> dict[str, Any]:
     """Summary statistics over the measured rounds, pooled: latency percentiles, max and mean (ns; packets never
-    completed, latency −1, are left out), packets per second at the median round duration, median build and send
+    completed, latency −1, are left out; percentiles by nearest rank), packets per second at the median round duration, median build and send
     time per send call (ns)."""
     lat = np.concatenate(latencies) if latencies else np.empty(0, dtype=np.int64)
     lat = lat[lat >= 0]
     out: dict[str, Any] = {"packets": packets, "rounds": len(latencies), "samples": int(lat.size)}
     if lat.size:
         for key, q in PERCENTILES.items():
-            out[key] = float(np.percentile(lat, q))
+            out[key] = float(np.quantile(lat, q, method="inverted_cdf"))
         out["max_ns"] = int(lat.max())
         out["min_ns"] = int(lat.min())
         out["mean_ns"] = float(lat.mean())

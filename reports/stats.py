@@ -10,8 +10,7 @@ Choices, and why:
 - **Percentiles** use numpy's ``"inverted_cdf"`` method (nearest rank: the smallest observed value ``x`` with
   ``F_n(x) ≥ q``). A reported p99 is then a latency that was actually measured, integer nanoseconds stay
   integers, and the point estimate is one of the order statistics the interval is built from, so it always
-  lies inside its own interval. (``results.latency_summary`` interpolates linearly; the two differ by less
-  than the gap between two adjacent measured latencies.)
+  lies inside its own interval. (``results.latency_summary``, the summary in ``run.json``, uses the same definition.)
 - **Confidence intervals of a quantile** come in two kinds. :func:`quantile_interval` is the exact,
   distribution-free order-statistic interval over pooled packets; it assumes packets are independent.
   :func:`bootstrap_over_rounds` resamples whole measured rounds, the units that *are* independent when the

@@ -150,7 +150,7 @@ def test_unknown_version_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ResultsVersionError) as info:
         load(target)
     assert info.value.exit_code == ExitCode.BAD_INPUT
-    assert describe(info.value) == f"{target}: results format version 99; this ndis-replay reads version 1"
+    assert describe(info.value) == f"{target}: results format version 99; this ndis-replay reads versions 1 and 2"
 
 
 @pytest.mark.parametrize(
