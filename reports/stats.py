@@ -434,42 +434,114 @@ def bootstrap_quantiles_over_rounds(
     :func:`bootstrap_over_rounds`, so the intervals are deterministic.
     """
     alpha = _alpha(alpha)
+    _check_quantiles(qs)
+    rounds = _bootstrap_rounds(per_round_values, resamples)
+    picks = np.random.default_rng(seed).integers(0, len(rounds), size=(resamples, len(rounds)))
+    draws = _quantile_draws(rounds, qs, picks)
+    everything = np.sort(np.concatenate(rounds))
+    out: dict[float, BootstrapInterval] = {}
+    for q, values in draws.items():
+        low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+        out[q] = BootstrapInterval(
+            estimate=float(everything[max(math.ceil(q * everything.size), 1) - 1]),
+            low=float(low),
+            high=float(high),
+            alpha=alpha,
+            rounds=len(rounds),
+            resamples=resamples,
+        )
+    return out
+
+
+def _check_quantiles(qs: Sequence[float]) -> None:
     for q in qs:
         if not 0.0 <= q <= 1.0:
             raise StatisticsError("q", "out of range", q)
-    rounds = _bootstrap_rounds(per_round_values, resamples)
+
+
+def _weights(picks: npt.NDArray[np.int64], n_rounds: int) -> FloatArray:
+    """How many times each round was drawn, per resample (resamples × rounds)."""
+    weights = np.zeros((picks.shape[0], n_rounds))
+    np.add.at(weights, (np.repeat(np.arange(picks.shape[0]), picks.shape[1]), picks.ravel()), 1.0)
+    return weights
+
+
+def _quantile_draws(
+    rounds: Sequence[FloatArray], qs: Sequence[float], picks: npt.NDArray[np.int64]
+) -> dict[float, FloatArray]:
+    """The nearest-rank ``qs`` quantiles of each resample's pooled rounds (``picks``: resamples × drawn round
+    indexes), computed from cumulative counts over the distinct values (see :func:`bootstrap_quantiles_over_rounds`)."""
     distinct, inverse = np.unique(np.concatenate(rounds), return_inverse=True)
     bounds = np.cumsum([0, *(r.size for r in rounds)])
     cumulative = np.stack(
         [np.cumsum(np.bincount(inverse[lo:hi], minlength=distinct.size)) for lo, hi in itertools.pairwise(bounds)]
     ).astype(np.float64)  # rounds × distinct; float64 for the matrix product (exact below 2^53 packets)
-    n_rounds = len(rounds)
-    picks = np.random.default_rng(seed).integers(0, n_rounds, size=(resamples, n_rounds))
-    weights = np.zeros((resamples, n_rounds))
-    np.add.at(weights, (np.repeat(np.arange(resamples), n_rounds), picks.ravel()), 1.0)
-    stats: dict[float, list[float]] = {float(q): [] for q in qs}
+    weights = _weights(picks, len(rounds))
+    draws: dict[float, list[float]] = {float(q): [] for q in qs}
     chunk = max(1, 2_000_000 // max(distinct.size, 1))  # resamples per step: ~16 MB of pooled counts at a time
-    for start in range(0, resamples, chunk):
+    for start in range(0, weights.shape[0], chunk):
         pooled = weights[start : start + chunk] @ cumulative  # resamples × distinct cumulative counts
         totals = pooled[:, -1]
-        for q in stats:
+        for q in draws:
             rank = np.maximum(np.ceil(q * totals), 1.0)  # nearest rank: the smallest x with F(x) ≥ q
             index = (pooled < rank[:, None]).sum(axis=1)
-            stats[q].extend(distinct[np.minimum(index, distinct.size - 1)].tolist())
-    everything = np.sort(np.concatenate(rounds))
-    out: dict[float, BootstrapInterval] = {}
-    for q, values in stats.items():
-        low, high = np.quantile(np.asarray(values), [alpha / 2, 1 - alpha / 2])
-        estimate = everything[max(math.ceil(q * everything.size), 1) - 1]
-        out[q] = BootstrapInterval(
-            estimate=float(estimate),
-            low=float(low),
-            high=float(high),
-            alpha=alpha,
-            rounds=n_rounds,
-            resamples=resamples,
-        )
-    return out
+            draws[q].extend(distinct[np.minimum(index, distinct.size - 1)].tolist())
+    return {q: np.asarray(v, dtype=np.float64) for q, v in draws.items()}
+
+
+def _mean_draws(rounds: Sequence[FloatArray], picks: npt.NDArray[np.int64]) -> FloatArray:
+    """The mean of each resample's pooled rounds, from per-round sums and counts."""
+    weights = _weights(picks, len(rounds))
+    sums = np.array([r.sum() for r in rounds])
+    counts = np.array([r.size for r in rounds], dtype=np.float64)
+    return np.asarray((weights @ sums) / (weights @ counts), dtype=np.float64)
+
+
+def bootstrap_change_over_rounds(
+    base_rounds: Sequence[Sample],
+    new_rounds: Sequence[Sample],
+    q: float | None,
+    *,
+    alpha: float = ALPHA,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> BootstrapInterval:
+    """A two-sample percentile bootstrap over rounds of the relative change ``stat(new) / stat(base) − 1``, where
+    ``stat`` is the nearest-rank ``q`` quantile of the pooled rounds, or their mean when ``q`` is None.
+
+    Each resample draws, independently, as many base rounds as were measured and as many new rounds (with
+    replacement); computed from counts (quantiles) or per-round sums (mean), so millions of packets cost no more
+    than thousands. ``estimate`` is the change between the full samples. Deterministic for a given ``seed``.
+    """
+    alpha = _alpha(alpha)
+    if q is not None:
+        _check_quantiles((q,))
+    base = _bootstrap_rounds(base_rounds, resamples)
+    new = _bootstrap_rounds(new_rounds, resamples)
+    rng = np.random.default_rng(seed)
+    picks_base = rng.integers(0, len(base), size=(resamples, len(base)))
+    picks_new = rng.integers(0, len(new), size=(resamples, len(new)))
+    if q is None:
+        b, n = _mean_draws(base, picks_base), _mean_draws(new, picks_new)
+        point_b, point_n = float(np.concatenate(base).mean()), float(np.concatenate(new).mean())
+    else:
+        b, n = _quantile_draws(base, (q,), picks_base)[q], _quantile_draws(new, (q,), picks_new)[q]
+        point_b = float(np.quantile(np.concatenate(base), q, method=PERCENTILE_METHOD))
+        point_n = float(np.quantile(np.concatenate(new), q, method=PERCENTILE_METHOD))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        change = n / b - 1.0
+    change = change[np.isfinite(change)]
+    if change.size == 0:
+        raise StatisticsError("base", "zero statistic", 0.0)
+    low, high = np.quantile(change, [alpha / 2, 1 - alpha / 2])
+    return BootstrapInterval(
+        estimate=point_n / point_b - 1.0 if point_b > 0 else math.nan,
+        low=float(low),
+        high=float(high),
+        alpha=alpha,
+        rounds=len(base) + len(new),
+        resamples=resamples,
+    )
 
 
 # --- comparisons -----------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from ndis_replay.reports.stats import (
     Sample,
     StatisticsError,
     TooFewSamples,
+    bootstrap_change_over_rounds,
     bootstrap_over_rounds,
     bootstrap_quantiles_over_rounds,
     count_outliers,
@@ -399,3 +400,27 @@ def test_fast_round_bootstrap_equals_scipy(rounds: int) -> None:
     for q in (0.5, 0.99):
         slow = bootstrap_over_rounds(per_round, quantile_stat(q), resamples=400, seed=3)
         assert fast[q] == slow
+
+
+@pytest.mark.parametrize("q", [0.5, 0.99, None], ids=["p50", "p99", "mean"])
+def test_two_sample_round_bootstrap_is_exact(q: float | None) -> None:
+    # the count-based two-sample bootstrap equals resampling the rounds and pooling them by hand (same draws)
+    rng = np.random.default_rng(5)
+    base = [np.rint(rng.lognormal(np.log(2000), 0.4, 500)) for _ in range(5)]
+    new = [np.rint(rng.lognormal(np.log(2200), 0.4, 400)) for _ in range(6)]
+    fast = bootstrap_change_over_rounds(base, new, q, resamples=300, seed=9)
+    draws = np.random.default_rng(9)
+    picks_b = draws.integers(0, 5, size=(300, 5))
+    picks_n = draws.integers(0, 6, size=(300, 6))
+
+    def stat(arr: np.ndarray) -> float:
+        return float(arr.mean()) if q is None else float(np.quantile(arr, q, method="inverted_cdf"))
+
+    changes = [
+        stat(np.concatenate([new[i] for i in pn])) / stat(np.concatenate([base[i] for i in pb])) - 1
+        for pb, pn in zip(picks_b, picks_n, strict=True)
+    ]
+    low, high = np.quantile(changes, [ALPHA / 2, 1 - ALPHA / 2])
+    assert fast.low == pytest.approx(low, rel=1e-12) and fast.high == pytest.approx(high, rel=1e-12)
+    assert fast.estimate == pytest.approx(stat(np.concatenate(new)) / stat(np.concatenate(base)) - 1, rel=1e-12)
+    assert fast.low < 0.1 < fast.high  # a 10% shift, inside its own interval
