@@ -47,7 +47,7 @@ _STYLE: Final[Any] = {
     # names come from users and traces: a "$" must not switch to mathtext (slow, and an error on bad TeX)
     "text.parse_math": False,
 }
-_NS = EngFormatter(unit="s", places=0)
+_NS = EngFormatter(unit="s")  # places=None: 2.5 µs stays 2.5 µs
 
 
 def _seconds(value: float, _pos: object = None) -> str:

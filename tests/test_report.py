@@ -287,7 +287,7 @@ def test_report_with_baseline_and_several_runs(runs: dict[str, Path], tmp_path: 
     assert "baseline" in [a.get("data-chart") for t, a in doc.tags if t == "figure"]
     both = invoke("report", runs["three"], runs["findings"], "-o", tmp_path / "two.html")
     assert both.exit_code == ExitCode.FINDINGS
-    rows = (tmp_path / "two.html").read_text().count('<td class="text">reuse</td>')
+    rows = (tmp_path / "two.html").read_text().count('<td class="text name">reuse</td>')
     assert rows >= 2  # one summary row per strategy and run
 
 
