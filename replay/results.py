@@ -77,9 +77,9 @@ def latency_summary(
     walls_ns: Sequence[int],
     packets: int,
 ) -> dict[str, Any]:
-    """Summary statistics over the measured rounds, pooled: latency percentiles, max and mean (ns; packets never
-    completed, latency −1, are left out; percentiles by nearest rank), packets per second at the median round duration, median build and send
-    time per send call (ns)."""
+    """Summary statistics over the measured rounds, pooled: latency percentiles (nearest rank), max and mean (ns;
+    packets never completed, latency −1, are left out), packets per second at the median round duration, median
+    build and send time per send call (ns)."""
     lat = np.concatenate(latencies) if latencies else np.empty(0, dtype=np.int64)
     lat = lat[lat >= 0]
     out: dict[str, Any] = {"packets": packets, "rounds": len(latencies), "samples": int(lat.size)}
