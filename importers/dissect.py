@@ -59,6 +59,7 @@ import re
 import shutil
 import struct
 import subprocess
+import warnings
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -391,6 +392,10 @@ class TsharkRun:
         params = ["-J", " ".join(("frame", *extra_layers)), "-o", "frame.show_file_off:TRUE"]
         if not dissect:
             params += ["--disable-protocol", "ip", "--disable-protocol", "ipv6"]  # ~25% faster, frame unchanged
+        # pyshark installs a SafeChildWatcher attached to its own event loop for the whole process and leaves it
+        # there once that loop is closed: any later asyncio subprocess (playwright's driver, for one) then fails
+        # with "get_child_watcher() is not activated". The watcher in place before is put back by close().
+        self._watcher = _current_child_watcher()
         self._capture = _capture_class()(self.path, tshark, params, raw, extra_layers)
         self._iter: Generator[TsharkFrame, None, None] | None = None
         self._closed = False
@@ -417,7 +422,10 @@ class TsharkRun:
             if self._iter is not None:
                 self._iter.close()  # runs pyshark's own cleanup, which ends a tshark still running
         finally:
-            self._capture.close()
+            try:
+                self._capture.close()
+            finally:
+                _restore_child_watcher(self._watcher)
 
     @property
     def returncode(self) -> int | None:
@@ -698,6 +706,19 @@ def file_sha256(path: str | Path) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _current_child_watcher() -> asyncio.AbstractChildWatcher:
+    with warnings.catch_warnings():  # the child-watcher API is deprecated from Python 3.12 on
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return asyncio.get_child_watcher()
+
+
+def _restore_child_watcher(watcher: asyncio.AbstractChildWatcher) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if asyncio.get_child_watcher() is not watcher:
+            asyncio.set_child_watcher(watcher)
 
 
 def read_with_tshark(

@@ -431,3 +431,21 @@ def test_epoch_ns_is_exact(text: str, ns: int) -> None:
 def test_epoch_ns_refuses_what_tshark_does_not_print(text: str) -> None:
     with pytest.raises(ValueError):
         epoch_ns(text)
+
+
+def test_asyncio_subprocesses_work_after_a_tshark_read(tshark: str) -> None:
+    # pyshark leaves a child watcher bound to its closed event loop; the importer puts the previous one back, so a
+    # later asyncio subprocess in the same process (the browser test's playwright driver, for one) still starts
+    import asyncio
+
+    open_trace(SAMPLES / "small_packets.pcap", reader="tshark")
+
+    async def run_true() -> int:
+        process = await asyncio.create_subprocess_exec("true")
+        return await process.wait()
+
+    loop = asyncio.new_event_loop()  # as playwright's sync API does: a loop of its own, never set as current
+    try:
+        assert loop.run_until_complete(run_true()) == 0
+    finally:
+        loop.close()
