@@ -17,12 +17,12 @@ different moments) are compared pairwise with ``compare_runs``: the honest cross
 machine (the pairs share runs, so they are not independent: a rate, not a binomial sample).
 
 Runs go through :func:`ndis_replay.runner.run_trace` in this process (what ``ndis-replay run`` does, with the
-no-op floor worker, without the checked pass unless ``--check``). The slowed strategy is a class of this script:
-the runner's fork server preloads ``__main__`` (this script, guarded below), so its workers unpickle the class by
-reference. ``--pin CPU`` runs every process on one CPU (the runner does not pin; on a 2-vCPU VM whose vCPUs run
-at different speeds at times, it changes the figures a lot). ``--packets N`` replays the trace's first N packets.
-``--keep DIR`` saves every run; ``--load DIR`` re-analyses saved runs without replaying (to compare two versions
-of the statistics on the same data). No assertions: figures only.
+no-op floor worker, without the checked pass unless ``--check``). The slowed strategy is ``SpinReuse`` of
+tests/replay_helpers.py (shared with tests/test_validation.py; its docstring says why it repeats reuse's build);
+workers unpickle it by reference. ``--pin CPU`` runs every process on one CPU (the runner does not
+pin; on a 2-vCPU VM whose vCPUs run at different speeds at times, it changes the figures a lot). ``--packets N``
+replays the trace's first N packets. ``--keep DIR`` saves every run; ``--load DIR`` re-analyses saved runs
+without replaying (to compare two versions of the statistics on the same data). No assertions: figures only.
 
 Run ``python bench/stats_bench.py [TRACE] [--reps 20] [--reps-sep 10] [--rounds 5] [--pin CPU] [--packets N]
 [--keep DIR | --load DIR]``.
@@ -45,64 +45,20 @@ from typing import Any
 
 import polars as pl
 
-from ndis_replay.engine.strategies.base import SendCall, StrategyParams
-from ndis_replay.engine.strategies.common import declare_frames
 from ndis_replay.engine.strategies.reuse import ReuseParams, ReuseStrategy
 from ndis_replay.reports.stats import pair_latencies
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the slowed strategy is shared with tests/test_validation.py
+
+from tests.replay_helpers import SpinParams, SpinReuse  # noqa: E402
+
 DEFAULT_TRACE = HERE.parent / "sample_traces" / "small_packets.pcapng"
 METRICS = ("p50", "p99")
 SLOW = "slow"
 AGAIN = "reuse-again"
 #: Busy-loop steps of the calibration run (about what 10% takes: ~15 ns a step, reuse ~2.3 µs per packet).
 CALIBRATION_SPINS = 15
-
-
-@dataclass(frozen=True)
-class BusyParams(ReuseParams):
-    """``reuse``'s parameters plus the busy loop."""
-
-    spins: int = field(default=0, metadata={"help": "empty loop steps per packet in build"})
-
-
-class BusyReuse(ReuseStrategy):
-    """``reuse`` that spins ``spins`` empty loop steps per packet in build: a real, injected slowdown.
-
-    A counted loop, not a clock deadline (~15 ns a step, where a deadline loop moves in steps of one clock read),
-    and ``reuse``'s build is repeated here rather than called through ``super()``: the first version of this
-    class (``super().build`` then a deadline loop) cost ~310 ns per packet with a zero wait, already more than
-    10% of reuse's ~2.3 µs."""
-
-    name = "bench-slow-reuse"
-    summary = "reuse plus a busy wait per packet (injected slowdown)"
-    Params = BusyParams
-
-    def __init__(self, params: StrategyParams | None = None) -> None:
-        super().__init__(params)
-        self._spin = range(self.params.spins)  # type: ignore[attr-defined]
-
-    def build(self, call: SendCall) -> Any:
-        spin = self._spin
-        frames = call.frames
-        for _ in frames:
-            for _ in spin:
-                pass
-        # ReuseStrategy.build, verbatim
-        free = self._free
-        if self._checked:
-            declare_frames(self.ndis, frames)
-        head = free.pop() if free else self._grow()
-        self._prepare(head, frames[0], call.header_lens[0])
-        if len(frames) > 1:
-            previous = head
-            header_lens = call.header_lens
-            for position in range(1, len(frames)):
-                nbl = free.pop() if free else self._grow()
-                self._prepare(nbl, frames[position], header_lens[position])
-                previous.next = nbl
-                previous = nbl
-        return head
 
 
 # --- runs -----------------------------------------------------------------------------------------------------
@@ -135,7 +91,7 @@ def reuse_spec(name: str = "reuse") -> Any:
 def slow_spec(spins: int) -> Any:
     from ndis_replay.worker import StrategySpec
 
-    return StrategySpec(SLOW, BusyReuse, BusyParams(spins=spins), "reuse")
+    return StrategySpec(SLOW, SpinReuse, SpinParams(spins=spins), "reuse")
 
 
 def only(run: Any, name: str, as_name: str = "reuse") -> Any:

@@ -7,12 +7,14 @@ class by reference and import it. Each subclasses a built-in and changes one thi
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ndis_replay.engine.ndis import NetBufferList
-from ndis_replay.engine.strategies.base import SendCall
+from ndis_replay.engine.strategies.base import SendCall, StrategyParams
 from ndis_replay.engine.strategies.common import declare_frames
-from ndis_replay.engine.strategies.reuse import ReuseStrategy
+from ndis_replay.engine.strategies.reuse import ReuseParams, ReuseStrategy
 from ndis_replay.importers.pcapng import WriterInterface, write_pcapng
 
 T0 = 1_700_000_000_000_000_000
@@ -130,3 +132,73 @@ def write_empty(path: Path) -> Path:
     """A pcapng with an interface and no packets."""
     write_pcapng(path, [], interfaces=[WriterInterface(name="eth0")])
     return path
+
+
+# --- reuse pinned to one CPU, and slowed by a busy loop (tests/test_validation.py, bench/stats_bench.py) ------
+
+
+@dataclass(frozen=True)
+class PinnedParams(ReuseParams):
+    """``reuse``'s parameters plus the CPU its worker runs on."""
+
+    cpu: int = field(default=-1, metadata={"help": "the one CPU the worker process runs on (-1: any)"})
+
+
+class PinnedReuse(ReuseStrategy):
+    """``reuse`` (its very code: nothing overridden but the constructor) whose worker process runs on one CPU."""
+
+    name = "test-validation-reuse"
+    summary = "reuse, its worker pinned to one CPU"
+    Params = PinnedParams
+
+    def __init__(self, params: StrategyParams | None = None) -> None:
+        super().__init__(params)
+        assert isinstance(self.params, PinnedParams)
+        if self.params.cpu >= 0:
+            os.sched_setaffinity(0, {self.params.cpu})  # made in the worker, before its first round
+
+
+@dataclass(frozen=True)
+class SpinParams(PinnedParams):
+    """:class:`PinnedParams` plus the busy loop."""
+
+    spins: int = field(default=0, metadata={"help": "empty loop steps per packet in build"})
+
+
+class SpinReuse(PinnedReuse):
+    """``reuse`` that runs ``spins`` empty loop steps per packet before building: a real, injected slowdown.
+
+    A counted loop (~15 ns a step) rather than a clock deadline (steps of one clock read), and reuse's build
+    repeated rather than called through ``super()``: the extra Python frame alone costs more than 10% of reuse's
+    per-packet time here, so the slowdown could not be made as small as 10%."""
+
+    name = "test-validation-slow"
+    summary = "reuse plus a busy loop per packet (injected slowdown)"
+    Params = SpinParams
+
+    def __init__(self, params: StrategyParams | None = None) -> None:
+        super().__init__(params)
+        assert isinstance(self.params, SpinParams)
+        self._spin = range(self.params.spins)
+
+    def build(self, call: SendCall) -> Any:
+        spin = self._spin
+        frames = call.frames
+        for _ in frames:
+            for _ in spin:
+                pass
+        # ReuseStrategy.build, verbatim
+        free = self._free
+        if self._checked:
+            declare_frames(self.ndis, frames)
+        head = free.pop() if free else self._grow()
+        self._prepare(head, frames[0], call.header_lens[0])
+        if len(frames) > 1:
+            previous = head
+            header_lens = call.header_lens
+            for position in range(1, len(frames)):
+                nbl = free.pop() if free else self._grow()
+                self._prepare(nbl, frames[position], header_lens[position])
+                previous.next = nbl
+                previous = nbl
+        return head
