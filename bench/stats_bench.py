@@ -19,12 +19,14 @@ machine (the pairs share runs, so they are not independent: a rate, not a binomi
 Runs go through :func:`ndis_replay.runner.run_trace` in this process (what ``ndis-replay run`` does, with the
 no-op floor worker, without the checked pass unless ``--check``). The slowed strategy is ``SpinReuse`` of
 tests/replay_helpers.py (shared with tests/test_validation.py; its docstring says why it repeats reuse's build);
-workers unpickle it by reference. ``--pin CPU`` runs every process on one CPU (the runner does not
-pin; on a 2-vCPU VM whose vCPUs run at different speeds at times, it changes the figures a lot). ``--packets N``
+workers unpickle it by reference. The runner times every worker on one CPU, as ``ndis-replay run`` does;
+``--no-pin`` leaves the workers to the scheduler (``run --no-pin``: on a 2-vCPU VM whose vCPUs run at different
+speeds at times, it changes the figures a lot), ``--pin CPU`` runs every process, checked passes and the
+parent included, on one CPU. ``--packets N``
 replays the trace's first N packets. ``--keep DIR`` saves every run; ``--load DIR`` re-analyses saved runs
 without replaying (to compare two versions of the statistics on the same data). No assertions: figures only.
 
-Run ``python bench/stats_bench.py [TRACE] [--reps 20] [--reps-sep 10] [--rounds 5] [--pin CPU] [--packets N]
+Run ``python bench/stats_bench.py [TRACE] [--reps 20] [--reps-sep 10] [--rounds 5] [--pin CPU | --no-pin] [--packets N]
 [--keep DIR | --load DIR]``.
 """
 
@@ -64,7 +66,7 @@ CALIBRATION_SPINS = 15
 # --- runs -----------------------------------------------------------------------------------------------------
 
 
-def replay(trace: Any, path: Path, specs: Sequence[Any], rounds: int, warmup: int, check: bool) -> Any:
+def replay(trace: Any, path: Path, specs: Sequence[Any], rounds: int, warmup: int, check: bool, pin: bool) -> Any:
     """One run of ``specs`` (interleaved rounds, as ``ndis-replay run``; the no-op floor included)."""
     from ndis_replay.engine.miniports import CompletionPolicy, get_miniport
     from ndis_replay.runner import RunOptions, run_trace
@@ -77,6 +79,7 @@ def replay(trace: Any, path: Path, specs: Sequence[Any], rounds: int, warmup: in
         rounds=rounds,
         warmup=warmup,
         check=check,
+        pin=pin,
         command=tuple(sys.argv),
     )
     return run_trace(trace, specs, options, path=path)
@@ -119,7 +122,7 @@ def calibrate(trace: Any, args: argparse.Namespace) -> dict[str, Any]:
     median paired difference) — neither a disturbed round nor a worker in a slow state moves a median over rounds
     — give the steps that make ``--slowdown`` of the p50. Measured in the workers, as they will run."""
     specs = [reuse_spec(), reuse_spec(AGAIN), slow_spec(CALIBRATION_SPINS)]
-    run = replay(trace, args.trace, specs, args.rounds, args.warmup, args.check)
+    run = replay(trace, args.trace, specs, args.rounds, args.warmup, args.check, not args.no_pin)
     medians, diffs = per_round(run, "reuse", SLOW)
     again, _ = per_round(run, AGAIN, SLOW)
     p50, extra = statistics.median(medians + again), statistics.median(diffs)
@@ -216,7 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="warm-up rounds per run (default 1)")
     parser.add_argument("--slowdown", type=float, default=0.10, help="extra work / reuse's p50 (default 0.10)")
     parser.add_argument("--packets", type=int, help="replay only the trace's first N packets")
-    parser.add_argument("--pin", type=int, metavar="CPU", help="run every process on this CPU only")
+    pinning = parser.add_mutually_exclusive_group()
+    pinning.add_argument("--pin", type=int, metavar="CPU", help="run every process on this CPU only")
+    pinning.add_argument("--no-pin", action="store_true", help="do not time the workers on one CPU (run --no-pin)")
     parser.add_argument("--check", action="store_true", help="run the checked pass too (as the CLI does)")
     parser.add_argument("--keep", type=Path, help="save every run under this folder")
     parser.add_argument("--load", type=Path, help="analyse the runs saved by --keep instead of replaying")
@@ -241,10 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs, separate = [], []
         for i in range(args.reps):
             specs = [reuse_spec(), reuse_spec(AGAIN), slow_spec(meta["spins"])]
-            runs.append(replay(trace, args.trace, specs, args.rounds, args.warmup, args.check))
+            runs.append(replay(trace, args.trace, specs, args.rounds, args.warmup, args.check, not args.no_pin))
             print(f"  run {i + 1}/{args.reps}  {time.perf_counter() - started:6.1f} s", flush=True)
         for i in range(args.reps_sep):
-            separate.append(replay(trace, args.trace, [reuse_spec()], args.rounds, args.warmup, args.check))
+            separate.append(
+                replay(trace, args.trace, [reuse_spec()], args.rounds, args.warmup, args.check, not args.no_pin)
+            )
             print(f"  separate run {i + 1}/{args.reps_sep}  {time.perf_counter() - started:6.1f} s", flush=True)
         if args.keep is not None:
             args.keep.mkdir(parents=True, exist_ok=True)

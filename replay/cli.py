@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib
 import json
 import os
 import shutil
+import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -841,6 +843,11 @@ def _write_reports(
     from ndis_replay.reports.data import build_report
     from ndis_replay.reports.output import write_report
 
+    if files.html is not None:
+        # matplotlib takes ~0.4 s to import, in Python; the statistics below spend most of their time in numpy sorts
+        # that release the GIL: importing the charts meanwhile overlaps the two (the import lock makes the later
+        # import wait for this one)
+        threading.Thread(target=importlib.import_module, args=("ndis_replay.reports.charts",), daemon=True).start()
     report = build_report(
         runs, baseline=baseline, threshold=threshold if threshold is not None else DEFAULT_THRESHOLD, title=title
     )
@@ -882,6 +889,13 @@ def _write_reports(
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write the frames each strategy's checked pass transmitted to this pcap (out.<strategy>.pcap for several).",
 )
+@click.option(
+    "--pin/--no-pin",
+    default=True,
+    show_default=True,
+    help="Run every timed round on one CPU (the highest this process may use; recorded as host.timed_cpu). "
+    "Workers timed on different CPUs of a VM differ by tens of percent.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing results directory (and --wire files).")
 @_baseline_options("A results directory to compare this run with (as `ndis-replay compare`); exits 1 on a regression.")
 @_report_options
@@ -899,6 +913,7 @@ def run(
     cost_profile_path: Path | None,
     out: Path | None,
     wire: Path | None,
+    pin: bool,
     force: bool,
     baseline: Path | None,
     threshold_text: str | None,
@@ -936,7 +951,7 @@ def run(
     specs, options = _resolve(strategy_names, miniport_name, completion, config_path)
     profile = CostProfile.from_toml(cost_profile_path) if cost_profile_path is not None else None
     options = dataclasses.replace(
-        options, rounds=rounds, warmup=warmup, pacing=parse_pacing(pacing), cost_profile=profile
+        options, rounds=rounds, warmup=warmup, pacing=parse_pacing(pacing), cost_profile=profile, pin=pin
     )
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     several = len(traces) > 1

@@ -61,7 +61,7 @@ from ndis_replay.results import (
     per_packet,
 )
 from ndis_replay.trace import Trace
-from ndis_replay.worker import MiniportSpec, StrategySpec, WorkerJob
+from ndis_replay.worker import MiniportSpec, StrategySpec, WorkerJob, timed_cpu
 from ndis_replay.worker import main as worker_main
 
 #: Seconds a worker gets to exit after "stop" before it is terminated.
@@ -92,6 +92,8 @@ class RunOptions:
     baseline: bool = True
     keep_packets: bool = True
     command: tuple[str, ...] = ()
+    #: run every timed round on one CPU (:func:`~ndis_replay.worker.timed_cpu`); False leaves it to the scheduler
+    pin: bool = True
 
 
 def severity(rule: str) -> str:
@@ -319,6 +321,7 @@ def run_trace(
         sends = trace.frame["linktype"].filter(trace.frame["direction"] != "recv")
         linktype = int(sends[0]) if len(sends) else 1
         ctx = mp_context(sorted({s.cls.__module__ for s in strategies} | {options.miniport.cls.__module__}))
+        cpu = timed_cpu() if options.pin and not options.check_only else None
         tracks: list[_Track] = []
         for spec in strategies:
             wire_path = None
@@ -335,13 +338,14 @@ def run_trace(
                 cost_profile=options.cost_profile,
                 wire_path=str(wire_path) if wire_path else None,
                 linktype=linktype,
+                timed_cpu=cpu,
             )
             worker = _Worker(ctx, spec.name, job)
             workers.append(worker)
             tracks.append(_Track(spec.name, spec, worker))
         baseline: _Worker | None = None
         if options.baseline and not options.check_only:
-            job = WorkerJob(str(folder), None, options.miniport, options.completion, options.pacing)
+            job = WorkerJob(str(folder), None, options.miniport, options.completion, options.pacing, timed_cpu=cpu)
             baseline = _Worker(ctx, "(no-op)", job)
             workers.append(baseline)
 
@@ -427,7 +431,7 @@ def run_trace(
         for name, tmp in wire_tmp.items():
             if tmp.exists():
                 os.replace(tmp, Path(wire[name]))  # type: ignore[index]
-        return _result(trace, inp, path, options, tracks, floor)
+        return _result(trace, inp, path, options, tracks, floor, cpu)
     finally:
         for worker in workers:
             worker.kill()
@@ -560,6 +564,7 @@ def _result(
     options: RunOptions,
     tracks: list[_Track],
     floor: _Track | None,
+    timed_on: int | None,
 ) -> RunResult:
     strategies = [_strategy_result(t, inp, options) for t in tracks]
     timers = [t.worker.timer.median_ns for t in tracks if t.worker.timer is not None]
@@ -588,7 +593,7 @@ def _result(
         tool={"name": "ndis-replay", "version": __version__},
         command=list(options.command),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-        host=host_record(),
+        host={**host_record(), "timed_cpu": timed_on},
         trace=trace_identity(trace, inp, path),
         miniport={
             "name": options.miniport.name,

@@ -7,7 +7,8 @@ answers one message at a time, so that only one worker runs a timed round at any
 ``("check",)``
     the checked pass → ``("checked", CheckOutcome)``
 ``("round", number, warmup)``
-    one timed round → ``("round", RoundOutcome)``
+    one timed round → ``("round", RoundOutcome)``; before its first one the worker moves to
+    :attr:`WorkerJob.timed_cpu` (checked passes run side by side, timed rounds one at a time on one CPU)
 ``("finish",)``
     unbind the timed strategy → ``("finished", {"stats": …, "peak_rss_bytes": …})``
 ``("stop",)``
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import signal
 import traceback
 from dataclasses import dataclass
@@ -77,6 +79,10 @@ class WorkerJob:
     #: where the checked pass writes the transmitted frames as pcap (``--wire``), and their link type
     wire_path: str | None = None
     linktype: int = 1
+    #: the CPU every worker runs its timed rounds on (None: wherever the scheduler puts it). On a 2-vCPU VM the
+    #: vCPUs run at different speeds at times; workers timed on different CPUs spread by ±40-50%, on one CPU ±4-10%
+    #: (bench/stats_bench.py, README "Compare").
+    timed_cpu: int | None = None
 
 
 def main(conn: Connection, job: WorkerJob) -> None:
@@ -117,9 +123,14 @@ def _serve(conn: Connection, job: WorkerJob) -> None:
     gc.collect()
     gc.freeze()
     conn.send(("ready", timer))
+    pinned = False
     while True:
         message: tuple[Any, ...] = conn.recv()
         kind = message[0]
+        if kind == "round" and not pinned:
+            pinned = True
+            if job.timed_cpu is not None:
+                pin_to_cpu(job.timed_cpu)
         if kind == "check":
             assert isinstance(replayer, StrategyReplayer)
             wire = PcapWire(job.wire_path, job.linktype) if job.wire_path else None
@@ -140,4 +151,19 @@ def _serve(conn: Connection, job: WorkerJob) -> None:
             raise RuntimeError(f"worker: unknown message {kind!r}")
 
 
-__all__ = ["MiniportSpec", "StrategySpec", "WorkerJob", "main"]
+def timed_cpu() -> int | None:
+    """The CPU for timed rounds: the highest-numbered one this process may use (CPU 0 takes most device
+    interrupts), or None when only one is available (nothing to choose) or affinity is not supported."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = os.sched_getaffinity(0)
+    return max(cpus) if len(cpus) > 1 else None
+
+
+def pin_to_cpu(cpu: int) -> None:
+    """Run this process on ``cpu`` only; a CPU that went away (hotplug, a cgroup change) leaves it unpinned."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setaffinity(0, {cpu})
+
+
+__all__ = ["MiniportSpec", "StrategySpec", "WorkerJob", "main", "pin_to_cpu", "timed_cpu"]

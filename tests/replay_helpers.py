@@ -134,38 +134,17 @@ def write_empty(path: Path) -> Path:
     return path
 
 
-# --- reuse pinned to one CPU, and slowed by a busy loop (tests/test_validation.py, bench/stats_bench.py) ------
+# --- reuse slowed by a busy loop (tests/test_validation.py, bench/stats_bench.py) --------------------------------
 
 
 @dataclass(frozen=True)
-class PinnedParams(ReuseParams):
-    """``reuse``'s parameters plus the CPU its worker runs on."""
-
-    cpu: int = field(default=-1, metadata={"help": "the one CPU the worker process runs on (-1: any)"})
-
-
-class PinnedReuse(ReuseStrategy):
-    """``reuse`` (its very code: nothing overridden but the constructor) whose worker process runs on one CPU."""
-
-    name = "test-validation-reuse"
-    summary = "reuse, its worker pinned to one CPU"
-    Params = PinnedParams
-
-    def __init__(self, params: StrategyParams | None = None) -> None:
-        super().__init__(params)
-        assert isinstance(self.params, PinnedParams)
-        if self.params.cpu >= 0:
-            os.sched_setaffinity(0, {self.params.cpu})  # made in the worker, before its first round
-
-
-@dataclass(frozen=True)
-class SpinParams(PinnedParams):
-    """:class:`PinnedParams` plus the busy loop."""
+class SpinParams(ReuseParams):
+    """``reuse``'s parameters plus the busy loop."""
 
     spins: int = field(default=0, metadata={"help": "empty loop steps per packet in build"})
 
 
-class SpinReuse(PinnedReuse):
+class SpinReuse(ReuseStrategy):
     """``reuse`` that runs ``spins`` empty loop steps per packet before building: a real, injected slowdown.
 
     A counted loop (~15 ns a step) rather than a clock deadline (steps of one clock read), and reuse's build
@@ -202,3 +181,28 @@ class SpinReuse(PinnedReuse):
                 previous.next = nbl
                 previous = nbl
         return head
+
+
+# --- where timed rounds run (tests/test_replay.py) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AffinityParams(ReuseParams):
+    """``reuse``'s parameters plus the file the probe writes to."""
+
+    path: str = field(default="", metadata={"help": "file that receives the worker's CPU set in timed rounds"})
+
+
+class AffinityProbe(ReuseStrategy):
+    """``reuse`` that writes the CPUs its worker may run on, as seen in its first timed build, to ``path``."""
+
+    name = "test-affinity-probe"
+    summary = "reuse that reports the worker's CPU affinity in timed rounds"
+    Params = AffinityParams
+
+    def build(self, call: SendCall) -> Any:
+        assert isinstance(self.params, AffinityParams)
+        if not self._checked and not os.path.exists(self.params.path):
+            with open(self.params.path, "w") as out:
+                out.write(" ".join(str(c) for c in sorted(os.sched_getaffinity(0))))
+        return super().build(call)

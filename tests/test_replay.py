@@ -6,6 +6,7 @@ No timing assertions: only shapes, orderings and what was found.
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from ndis_replay.errors import ConfigError, NothingToReplay, TraceWithoutData
 from ndis_replay.importers import open_trace
 from ndis_replay.trace import Trace
 from tests.replay_helpers import (
+    AffinityParams,
+    AffinityProbe,
     FailsWhenTimed,
     RaisesInBuild,
     ReusesInFlight,
@@ -282,3 +285,29 @@ def test_loop_baseline_and_timer_calibration(inp: ReplayInput) -> None:
     assert (outcome.latency_ns >= 0).all() and outcome.latency_ns.shape == (inp.packets,)
     timer = calibrate_timer(1000)
     assert timer.samples == 1000 and 0 < timer.min_ns <= timer.median_ns
+
+
+# --- the runner: where timed rounds run ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one usable CPU: nothing to pin to")
+@pytest.mark.parametrize("pin", [True, False], ids=["pinned", "unpinned"])
+def test_timed_rounds_run_on_one_cpu_unless_told_not_to(tmp_path: Path, trace: Trace, pin: bool) -> None:
+    from ndis_replay.runner import RunOptions, run_trace
+    from ndis_replay.worker import MiniportSpec, StrategySpec
+
+    probes = [tmp_path / f"probe-{i}.txt" for i in range(2)]
+    specs = [
+        StrategySpec(f"probe-{i}", AffinityProbe, AffinityParams(path=str(probe)), "reuse")
+        for i, probe in enumerate(probes)
+    ]
+    options = RunOptions(miniport=MiniportSpec("loopback", LOOPBACK, LOOPBACK.Params()), rounds=1, warmup=0, pin=pin)
+    run = run_trace(trace, specs, options)
+    allowed = sorted(os.sched_getaffinity(0))
+    seen = [probe.read_text().split() for probe in probes]
+    if pin:
+        assert run.host["timed_cpu"] == allowed[-1]
+        assert seen == [[str(allowed[-1])]] * 2
+    else:
+        assert run.host["timed_cpu"] is None
+        assert seen == [[str(c) for c in allowed]] * 2

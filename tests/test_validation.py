@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ import polars as pl
 import pytest
 
 from tests.conftest import SAMPLES
-from tests.replay_helpers import PinnedParams, PinnedReuse, SpinParams, SpinReuse
+from tests.replay_helpers import SpinParams, SpinReuse
 
 if TYPE_CHECKING:
     from ndis_replay.reports.compare import MetricComparison
@@ -179,6 +178,7 @@ def compare(run: RunResult, kind: str, metrics: Sequence[str], threshold: float)
 @pytest.fixture(scope="module")
 def trials() -> Trials:
     from ndis_replay.engine.miniports import CompletionPolicy, get_miniport
+    from ndis_replay.engine.strategies.reuse import ReuseParams, ReuseStrategy
     from ndis_replay.importers import open_trace
     from ndis_replay.reports.stats import pair_latencies
     from ndis_replay.runner import RunOptions, run_trace
@@ -195,18 +195,14 @@ def trials() -> Trials:
         check=False,  # the verifier is tested elsewhere; only timing matters here
         baseline=False,
     )
-    # every worker on one CPU: on this 2-vCPU VM a worker's speed depends on the vCPU it runs on (one of them is
-    # ~1.7× slower at times, for many rounds), and the A/A p50 of unpinned workers of one run differed by up to
-    # ±40-50% (30 trials), of pinned ones by ±6% (bench/stats_bench.py --pin 0). Only one worker runs at a time.
-    cpu = min(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else -1
-    params = PinnedParams(cpu=cpu)
-    reuse = StrategySpec("reuse", PinnedReuse, params, "reuse")
-    again = StrategySpec(AGAIN, PinnedReuse, params, "reuse")
+    # the runner times every worker on one CPU (RunOptions.pin, the default): what users run is what is validated
+    reuse = StrategySpec("reuse", ReuseStrategy, ReuseParams(), "reuse")
+    again = StrategySpec(AGAIN, ReuseStrategy, ReuseParams(), "reuse")
 
     # calibration, in a run of the same three workers: reuse's p50 (the median of the per-round p50s of reuse and
     # reuse-again) and what CALIBRATION_SPINS steps cost (the median over rounds of the paired per-packet
     # difference): neither a disturbed round nor a worker in a slow state moves a median over rounds
-    probe = StrategySpec(SLOW, SpinReuse, SpinParams(cpu=cpu, spins=CALIBRATION_SPINS), "reuse")
+    probe = StrategySpec(SLOW, SpinReuse, SpinParams(spins=CALIBRATION_SPINS), "reuse")
     run = run_trace(trace, [reuse, again, probe], options)
     assert run.packets is not None
     p50s, extras = [], []
@@ -218,7 +214,7 @@ def trials() -> Trials:
         extras.append(float(np.median(pairs.new - pairs.base)))
     p50, extra = statistics.median(p50s), statistics.median(extras)
     spins = max(1, round(CALIBRATION_SPINS * SLOWDOWN * p50 / extra)) if extra > 0 else CALIBRATION_SPINS
-    slow = StrategySpec(SLOW, SpinReuse, SpinParams(cpu=cpu, spins=spins), "reuse")
+    slow = StrategySpec(SLOW, SpinReuse, SpinParams(spins=spins), "reuse")
 
     out = Trials(spins=spins, p50_ns=p50)
     calls = {(c.kind, c.threshold) for c in CHECKS}
