@@ -1,9 +1,11 @@
 """Latency statistics for reports and the regression gate: percentiles, confidence intervals, paired and unpaired
 comparisons, outliers and a noise warning.
 
-All latencies are in nanoseconds. The tests themselves come from :mod:`scipy.stats` (binomial distribution,
-sign test, Mann-Whitney U, bootstrap); this module chooses them, validates the input and packages the results
-as frozen dataclasses.
+All latencies are in nanoseconds. The tests themselves come from scipy (Mann-Whitney U and the bootstrap from
+:mod:`scipy.stats`; the binomial distribution behind the order-statistic intervals and the sign test from
+:mod:`scipy.special`, the functions ``scipy.stats.binom`` is made of: importing ``scipy.stats`` takes most of a
+second, which a report of one run does not need to pay; tests hold both paths equal); this module chooses them,
+validates the input and packages the results as frozen dataclasses.
 
 Choices, and why:
 
@@ -41,7 +43,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 import polars as pl
-from scipy import stats as sps
+from scipy import special
 
 from ndis_replay.errors import InputError
 
@@ -309,24 +311,18 @@ def quantile_interval(
     alpha = _alpha(alpha)
     if not 0.0 < q < 1.0:
         raise StatisticsError("q", "out of range", q)
-    arr = _sample(values, what) if presorted else np.sort(_sample(values, what))
+    arr = _sample(values, what)
     n = int(arr.size)
-    dist = sps.binom(n, q)
-    # l − 1 = the largest k with P(K ≤ k) ≤ alpha/2; ppf gives the smallest k with P(K ≤ k) ≥ alpha/2
-    k_low = int(dist.ppf(alpha / 2))
-    if dist.cdf(k_low) > alpha / 2:
-        k_low -= 1
-    # u − 1 = the smallest k with P(K ≤ k) ≥ 1 − alpha/2, i.e. P(K ≥ u) ≤ alpha/2
-    k_high = int(dist.ppf(1 - alpha / 2))
-    while dist.cdf(k_high) < 1 - alpha / 2:  # guards ppf's floating-point rounding
-        k_high += 1
-    lower_rank, upper_rank = k_low + 1, k_high + 1
+    lower_rank, upper_rank, coverage = _order_statistic_ranks(n, q, alpha)
     if lower_rank < 1 or upper_rank > n:
         raise TooFewSamples(what, n, _min_n_for_interval(q, alpha), f"{q:g} quantile interval")
-    coverage = float(dist.cdf(upper_rank - 1) - dist.cdf(lower_rank - 1))
+    estimate_rank = nearest_rank(n, q)
+    if not presorted:
+        # three order statistics, not a full sort: a selection is O(n) (millions of paired differences per ratio)
+        arr = np.partition(arr, sorted({lower_rank - 1, estimate_rank - 1, upper_rank - 1}))
     return QuantileInterval(
         q=float(q),
-        estimate=_quantile(arr, q),
+        estimate=float(arr[estimate_rank - 1]),
         low=float(arr[lower_rank - 1]),
         high=float(arr[upper_rank - 1]),
         alpha=alpha,
@@ -335,6 +331,62 @@ def quantile_interval(
         lower_rank=lower_rank,
         upper_rank=upper_rank,
     )
+
+
+def nearest_rank(n: int, q: float) -> int:
+    """The 1-based nearest rank of the ``q`` quantile among ``n`` values: ``ceil(q·n)``, at least 1 (what numpy's
+    ``inverted_cdf`` method picks)."""
+    return min(max(math.ceil(q * n), 1), n)
+
+
+def _binom_cdf(k: float, n: int, q: float) -> float:
+    """P(K ≤ k) for K ~ Binomial(n, q) (:func:`scipy.special.bdtr`; 0 below 0)."""
+    return float(special.bdtr(k, n, q)) if k >= 0 else 0.0
+
+
+def _binom_ppf(p: float, n: int, q: float) -> float:
+    """A starting point near the Binomial(n, q) ``p`` quantile (``bdtrik``; the mean where it has no answer)."""
+    k = float(special.bdtrik(p, n, q))
+    return k if math.isfinite(k) else q * n
+
+
+def _order_statistic_ranks(n: int, q: float, alpha: float) -> tuple[int, int, float]:
+    """``(l, u, coverage)`` of :func:`quantile_interval`: equal-tailed ranks from the Binomial(n, q) CDF.
+
+    ``scipy.special`` (the functions behind :data:`scipy.stats.binom`) rather than ``scipy.stats`` itself, whose
+    import alone takes most of a second of every report. ``bdtrik`` inverts the CDF over a continuous k; the
+    loops settle the integer ranks exactly against ``bdtr``.
+    """
+    half = alpha / 2
+    # l − 1 = the largest k with P(K ≤ k) ≤ alpha/2
+    k_low = math.floor(_binom_ppf(half, n, q)) if n else -1
+    while k_low >= 0 and _binom_cdf(k_low, n, q) > half:
+        k_low -= 1
+    while k_low + 1 < n and _binom_cdf(k_low + 1, n, q) <= half:
+        k_low += 1
+    # u − 1 = the smallest k with P(K ≤ k) ≥ 1 − alpha/2, i.e. P(K ≥ u) ≤ alpha/2
+    k_high = max(math.ceil(_binom_ppf(1 - half, n, q)), 0) if n else 0
+    while k_high > 0 and _binom_cdf(k_high - 1, n, q) >= 1 - half:
+        k_high -= 1
+    while k_high < n and _binom_cdf(k_high, n, q) < 1 - half:
+        k_high += 1
+    lower_rank, upper_rank = k_low + 1, k_high + 1
+    coverage = _binom_cdf(upper_rank - 1, n, q) - _binom_cdf(lower_rank - 1, n, q)
+    return lower_rank, upper_rank, coverage
+
+
+def sign_test(positive: int, untied: int) -> float:
+    """Two-sided exact sign test: the p-value of ``positive`` successes in ``untied`` trials at probability 1/2.
+
+    Equals :func:`scipy.stats.binomtest`'s two-sided p-value (for p = 1/2 the binomial is symmetric, so doubling
+    the smaller tail is its "as likely or less likely" rule), computed from :func:`scipy.special.bdtr` to keep
+    ``scipy.stats`` out of the report's imports; 1 when every pair is tied (no evidence either way).
+    """
+    if untied <= 0:
+        return 1.0
+    low = float(special.bdtr(positive, untied, 0.5))
+    high = float(special.bdtrc(positive - 1, untied, 0.5)) if positive > 0 else 1.0
+    return min(1.0, 2.0 * min(low, high))
 
 
 def _min_n_for_interval(q: float, alpha: float) -> int:
@@ -394,6 +446,8 @@ def bootstrap_over_rounds(
 
     def pooled_stat(picked: npt.NDArray[Any]) -> float:
         return float(stat(np.concatenate([rounds[int(i)] for i in picked])))
+
+    from scipy import stats as sps  # most of a second to import: only where it is used
 
     result = sps.bootstrap(
         (np.arange(len(rounds)),),
@@ -562,7 +616,7 @@ def paired_difference(base: Sample, new: Sample, *, alpha: float = ALPHA) -> Pai
     negative = int(np.count_nonzero(diff < 0))
     untied = positive + negative
     # all pairs tied: no evidence either way
-    p_value = float(sps.binomtest(positive, untied, 0.5).pvalue) if untied else 1.0
+    p_value = sign_test(positive, untied)
     base_median = _quantile(a, 0.5)
     return PairedDifference(
         n=int(diff.size),
@@ -587,6 +641,8 @@ def mann_whitney(base: Sample, new: Sample, *, alpha: float = ALPHA) -> Unpaired
     alpha = _alpha(alpha)
     a = _sample(base, "base", nonnegative=True)
     b = _sample(new, "new", nonnegative=True)
+    from scipy import stats as sps  # most of a second to import: only where it is used
+
     result = sps.mannwhitneyu(b, a, alternative="two-sided")
     u = float(result.statistic)
     # U of the first argument counts pairs (new, base) with new > base, ties counting half
@@ -643,7 +699,7 @@ def round_noise(per_round_values: Sequence[Sample], *, bound: float = NOISE_CV_B
     mean = float(medians.mean())
     if mean <= 0:
         raise StatisticsError("per_round_values", "zero mean", mean)
-    cv = float(sps.variation(medians, ddof=1))
+    cv = float(medians.std(ddof=1) / mean)
     return NoiseCheck(
         rounds=int(medians.size),
         medians=tuple(float(m) for m in medians),

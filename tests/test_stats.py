@@ -40,6 +40,7 @@ from ndis_replay.reports.stats import (
     quantile_stat,
     round_latencies,
     round_noise,
+    sign_test,
     summarize,
 )
 from ndis_replay.results import PACKET_SCHEMA
@@ -132,6 +133,46 @@ def test_quantile_interval_ranks(n: int, q: float, lower: int, upper: int) -> No
     binom = sps.binom(n, q)
     assert iv.coverage == pytest.approx(binom.cdf(upper - 1) - binom.cdf(lower - 1))
     assert iv.coverage >= 0.95
+
+
+def _scipy_ranks(n: int, q: float) -> tuple[int, int]:
+    """The equal-tailed ranks as scipy.stats.binom gives them (the definition the fast path must equal)."""
+    binom = sps.binom(n, q)
+    k_low = int(binom.ppf(ALPHA / 2))
+    if binom.cdf(k_low) > ALPHA / 2:
+        k_low -= 1
+    k_high = int(binom.ppf(1 - ALPHA / 2))
+    while binom.cdf(k_high) < 1 - ALPHA / 2:
+        k_high += 1
+    return k_low + 1, k_high + 1
+
+
+@pytest.mark.parametrize("q", [0.5, 0.9, 0.99, 0.999], ids=lambda q: f"q{q:g}")
+@pytest.mark.parametrize("n", [10, 37, 368, 1_000, 4_321, 100_000, 1_000_000, 6_000_000], ids=lambda n: f"n{n}")
+def test_order_statistic_ranks_equal_scipy_stats_binom(n: int, q: float) -> None:
+    lower, upper = _scipy_ranks(n, q)
+    if lower < 1 or upper > n:
+        with pytest.raises(TooFewSamples):
+            quantile_interval(np.arange(n), q, presorted=True)
+        return
+    iv = quantile_interval(np.arange(n), q, presorted=True)
+    assert (iv.lower_rank, iv.upper_rank) == (lower, upper)
+
+
+@pytest.mark.parametrize("presorted", [True, False], ids=["presorted", "selection"])
+def test_quantile_interval_by_selection_equals_by_sort(presorted: bool) -> None:
+    values = np.random.default_rng(5).lognormal(0.0, 1.0, 20_001)
+    iv = quantile_interval(np.sort(values) if presorted else values, 0.9, presorted=presorted)
+    ordered = np.sort(values)
+    assert (iv.low, iv.high) == (ordered[iv.lower_rank - 1], ordered[iv.upper_rank - 1])
+    assert iv.estimate == float(np.quantile(values, 0.9, method="inverted_cdf"))
+
+
+@pytest.mark.parametrize(
+    ("positive", "untied"), [(0, 1), (1, 1), (3, 10), (5, 10), (7, 8), (480, 1000), (530, 1000), (0, 5000)]
+)
+def test_sign_test_equals_scipy_binomtest(positive: int, untied: int) -> None:
+    assert sign_test(positive, untied) == pytest.approx(sps.binomtest(positive, untied, 0.5).pvalue, rel=1e-9)
 
 
 def test_median_and_p99_helpers() -> None:
