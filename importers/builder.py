@@ -208,8 +208,14 @@ class TraceBuilder:
         batching: str = "none",
         details: dict[str, Any] | None = None,
         extra_columns: dict[str, pl.Series] | None = None,
+        time_order: bool = False,
     ) -> Trace:
-        """The finished, validated Trace."""
+        """The finished, validated Trace.
+
+        ``time_order`` is for sources whose records are not in time order (ETL files: buffers are per CPU):
+        packets are sorted by ``(ts_ns, index)`` and ``index`` is renumbered to the position in that order.
+        ``extra_columns`` (e.g. ``nbl_id``) are aligned with the packets as added, before any sorting.
+        """
         for lt, count in sorted(self._unwalked.items()):
             self.warn(
                 "link-header-only",
@@ -228,6 +234,10 @@ class TraceBuilder:
         )
         if extra_columns:
             frame = frame.with_columns(**extra_columns)
+        if time_order and frame.height:
+            frame = frame.sort(["ts_ns", "index"], nulls_last=True, maintain_order=True).with_columns(
+                pl.int_range(frame.height, dtype=pl.UInt32).alias("index")
+            )
         rule = parse_batching(batching)
         frame = frame.with_columns(assign_batches(frame, rule))
         order = [c for c in SCHEMA if c in frame.columns] + [c for c in frame.columns if c not in SCHEMA]

@@ -103,6 +103,12 @@ def assign_batches(frame: pl.DataFrame, rule: BatchingRule) -> pl.Series:
             run_id = np.cumsum(iface_change) - 1
             pos = np.arange(m) - run_start[run_id]
             breaks = iface_change | (pos % rule.size == 0)
+        elif rule.kind == "auto" and "send_call" in frame.columns:
+            # the driver's own send-call ids (a driver send/complete trace): a call is a run of one id
+            call = frame["send_call"].filter(pl.Series(replayed))
+            call_null = call.is_null().to_numpy()
+            ids_seen = call.fill_null(0).to_numpy()
+            breaks[1:] = (iface[1:] != iface[:-1]) | (ids_seen[1:] != ids_seen[:-1]) | call_null[1:] | call_null[:-1]
         elif rule.kind in ("gap", "auto"):
             ts_series = frame["ts_ns"].filter(pl.Series(replayed))
             ts_null = ts_series.is_null().to_numpy()

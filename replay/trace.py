@@ -22,7 +22,11 @@ from ndis_replay.errors import OutputExists, OutputUnwritable, TraceFileError, T
 
 #: Version of the on-disk trace format (the Parquet columns plus the JSON metadata). History:
 #: 1 — first version (issue 2).
-TRACE_FORMAT_VERSION = 1
+#: 2 — optional column ``send_call`` (the driver's own send-call id, from ETW driver traces; batching ``auto`` uses
+#: it). Version 1 files are read unchanged.
+TRACE_FORMAT_VERSION = 2
+#: Versions :meth:`TraceMeta.from_json` reads.
+SUPPORTED_TRACE_VERSIONS = (1, 2)
 _META_KEY = "ndis_replay.trace"
 
 DIRECTIONS: tuple[str, ...] = ("send", "recv", "unknown")
@@ -45,6 +49,7 @@ SCHEMA: dict[str, pl.DataType] = {
 OPTIONAL_SCHEMA: dict[str, pl.DataType] = {
     "nbl_id": pl.UInt64(),
     "complete_ts_ns": pl.Int64(),
+    "send_call": pl.UInt64(),
     "protocol": pl.String(),
 }
 
@@ -110,8 +115,9 @@ class TraceMeta:
     def from_json(cls, text: str) -> TraceMeta:
         raw = json.loads(text)
         version = raw.pop("format_version", None)
-        if version != TRACE_FORMAT_VERSION:
-            raise ValueError(f"trace format version {version!r}, this tool reads {TRACE_FORMAT_VERSION}")
+        if version not in SUPPORTED_TRACE_VERSIONS:
+            readable = ", ".join(str(v) for v in SUPPORTED_TRACE_VERSIONS)
+            raise ValueError(f"trace format version {version!r}, this tool reads versions {readable}")
         raw["interfaces"] = tuple(InterfaceInfo(**i) for i in raw.get("interfaces", ()))
         raw["warnings"] = tuple(TraceWarning(**w) for w in raw.get("warnings", ()))
         return cls(**raw)
