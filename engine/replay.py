@@ -50,7 +50,7 @@ from ndis_replay.engine.ndis import Ndis
 from ndis_replay.engine.ndis.counters import COUNT_FIELDS, GAUGE_FIELDS, CostProfile
 from ndis_replay.engine.strategies.base import BindContext, SendCall
 from ndis_replay.engine.verifier import ERROR, Finding, NdisBugCheck
-from ndis_replay.errors import ConfigError, NothingToReplay, TraceWithoutData
+from ndis_replay.errors import ConfigError, NothingToReplay
 
 if TYPE_CHECKING:
     import polars as pl
@@ -88,9 +88,47 @@ _ARRAYS = ("index", "batch", "call_start", "header_len", "frame_offset", "ts_ns"
 WRITE_SLICE = 65_536
 
 
-def _replayed(trace: Trace, path: str | Path | None) -> tuple[dict[str, Int64Array], pl.Series]:
+#: Packets are synthesized from this pattern when the trace has no bytes: byte ``j`` of the packet with trace index
+#: ``i`` is ``(i · SYNTHETIC_STRIDE + j) mod 256`` — deterministic, and different from packet to packet, so a strategy
+#: that transmits a previous packet's bytes is still caught on the wire (WIRE-BYTES).
+SYNTHETIC_STRIDE = 131
+
+
+class _Frames:
+    """The frames of the replayed packets in replay order: the trace's ``data`` column, or — for a trace without
+    bytes (a driver send/complete trace, an import with ``--no-data``) — frames synthesized from
+    :data:`SYNTHETIC_STRIDE` at each packet's captured length (its wire length where nothing was captured), made a
+    slice at a time so they never all sit in memory."""
+
+    def __init__(self, data: pl.Series | None, index: Int64Array, lengths: Int64Array) -> None:
+        self.data = data
+        self.index = index
+        self.lengths = lengths
+
+    @property
+    def synthetic(self) -> bool:
+        return self.data is None
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def chunk(self, start: int, length: int) -> memoryview:
+        """The bytes of frames ``start:start + length`` back to back (one copy of that slice)."""
+        if self.data is not None:
+            return _binary_chunk(self.data, start, length)
+        lengths = self.lengths[start : start + length]
+        total = int(lengths.sum())
+        if total == 0:
+            return memoryview(b"")
+        firsts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        position = np.arange(total, dtype=np.int64) - np.repeat(firsts, lengths)
+        seeds = np.repeat(self.index[start : start + length] * SYNTHETIC_STRIDE, lengths)
+        return memoryview(((seeds + position) & 0xFF).astype(np.uint8).tobytes())
+
+
+def _replayed(trace: Trace, path: str | Path | None) -> tuple[dict[str, Int64Array], _Frames]:
     """The arrays of the replayed packets (calls in batch order, packets of a call in trace order) and their
-    ``data`` column in that order."""
+    frames in that order."""
     import polars as pl
 
     name = path if path is not None else trace.meta.source
@@ -100,20 +138,25 @@ def _replayed(trace: Trace, path: str | Path | None) -> tuple[dict[str, Int64Arr
     received = int((frame["direction"] == "recv").sum())
     if received == frame.height:
         raise NothingToReplay(name, frame.height, received)
-    if "data" not in frame.columns:
-        raise TraceWithoutData(name)
     sent = frame.filter(pl.col("direction") != "recv") if received else frame
     if not sent["batch"].is_sorted():
         sent = sent.sort("batch", maintain_order=True)  # importers' output is sorted already
     batch = sent["batch"].cast(pl.Int64).to_numpy()
     cuts = np.flatnonzero(np.diff(batch) != 0) + 1
-    frames = sent["data"].fill_null(b"")
-    lengths = frames.bin.size().cast(pl.Int64).to_numpy()
+    index = sent["index"].cast(pl.Int64).to_numpy()
+    if "data" in sent.columns:
+        data = sent["data"].fill_null(b"")
+        lengths = data.bin.size().cast(pl.Int64).to_numpy()
+        frames = _Frames(data, index, lengths)
+    else:
+        captured = sent["cap_len"].cast(pl.Int64).to_numpy()
+        lengths = np.where(captured > 0, captured, sent["wire_len"].cast(pl.Int64).to_numpy())
+        frames = _Frames(None, index, lengths)
     arrays = {
-        "index": sent["index"].cast(pl.Int64).to_numpy(),
+        "index": index,
         "batch": batch.astype(np.int64),
         "call_start": np.concatenate(([0], cuts, [len(batch)])).astype(np.int64),
-        "header_len": sent["header_len"].cast(pl.Int64).to_numpy(),
+        "header_len": np.minimum(sent["header_len"].cast(pl.Int64).to_numpy(), lengths),
         "frame_offset": np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
         "ts_ns": sent["ts_ns"].fill_null(strategy="forward").fill_null(0).to_numpy().astype(np.int64),
     }
@@ -209,10 +252,10 @@ class ReplayInput:
         in memory (the frames copied into one buffer).
 
         ``path`` names the trace in errors (default: its source). Raises :class:`NothingToReplay` when no packet is
-        sent and :class:`TraceWithoutData` when the trace was imported without its bytes.
+        sent. A trace without bytes gets synthesized frames (see :class:`_Frames`).
         """
         arrays, frames = _replayed(trace, path)
-        data = _binary_chunk(frames, 0, len(frames)) if len(frames) else memoryview(b"")
+        data = frames.chunk(0, len(frames)) if len(frames) else memoryview(b"")
         return cls(data=data.toreadonly(), **arrays)
 
     @classmethod
@@ -225,7 +268,7 @@ class ReplayInput:
             np.save(folder / f"{name}.npy", array, allow_pickle=False)
         with open(folder / "frames.bin", "wb") as fh:
             for start in range(0, len(frames), WRITE_SLICE):
-                fh.write(_binary_chunk(frames, start, WRITE_SLICE))
+                fh.write(frames.chunk(start, WRITE_SLICE))
         return cls.load(folder)
 
     def save(self, folder: str | Path) -> None:

@@ -48,7 +48,6 @@ from ndis_replay.errors import (
     ToolMissing,
     TraceFileError,
     TraceFormatError,
-    TraceWithoutData,
     UnsupportedLinkType,
 )
 from ndis_replay.trace import Trace
@@ -113,11 +112,6 @@ def _(exc: NothingToReplay) -> str:
         f"{exc.path}: no packets to replay: all {exc.received:,} packets are received (direction recv); "
         "only send and unknown-direction packets are replayed"
     )
-
-
-@describe.register
-def _(exc: TraceWithoutData) -> str:
-    return f"{exc.path}: the trace has no packet bytes (imported with --no-data); import it again without --no-data"
 
 
 @describe.register
@@ -302,6 +296,16 @@ def _print_warnings(trace: Trace) -> None:
         times = f" (×{w.count})" if w.count > 1 else ""
         detail = w.detail.translate(_CONTROL)
         click.echo(f"{PROG}: warning: {trace.meta.source}: {detail}{place}{times}", err=True)
+
+
+def _note_synthetic(trace: Trace) -> None:
+    if not trace.meta.has_data:
+        source = str(trace.meta.source).translate(_CONTROL)
+        click.echo(
+            f"{PROG}: note: {source}: the trace has no packet bytes (a driver send/complete trace, or imported with "
+            "--no-data): replaying synthesized frames of the recorded lengths",
+            err=True,
+        )
 
 
 # --- commands ----------------------------------------------------------------------------------------------
@@ -984,6 +988,7 @@ def run(
         for trace_file, target, wires in plan:
             trace = _load(trace_file, reader, dissect, strict, batching)
             _print_warnings(trace)
+            _note_synthetic(trace)
             with _round_progress(trace_file.name) as progress:
                 result = run_trace(trace, specs, options, path=trace_file, wire=wires, progress=progress)
             written.extend(p for p in wires.values() if p.exists())
@@ -1040,6 +1045,7 @@ def verify(
     options = dataclasses.replace(options, check_only=True, baseline=False, keep_packets=False)
     trace = _load(trace_file, reader, dissect, strict, batching)
     _print_warnings(trace)
+    _note_synthetic(trace)
     with _round_progress(trace_file.name) as progress:
         result = run_trace(trace, specs, options, path=trace_file, progress=progress)
     if as_json:

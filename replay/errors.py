@@ -96,14 +96,6 @@ class NothingToReplay(EmptyTrace):
         self.received = received
 
 
-class TraceWithoutData(InputError):
-    """The trace was imported without its packet bytes (``--no-data``), which replay needs."""
-
-    def __init__(self, path: str | Path) -> None:
-        super().__init__(path)
-        self.path = str(path)
-
-
 class ResultsError(InputError):
     """A results directory cannot be read: ``reason`` says what is wrong with it."""
 

@@ -257,6 +257,8 @@ def trace_identity(trace: Trace, inp: ReplayInput, path: str | Path | None) -> d
         "comments": list(meta.details.get("comments", [])),
         "comment_count": int(meta.details.get("comment_count", 0)),
         "measured": measured_latency(trace),
+        # a trace without bytes (a driver send/complete trace, --no-data) replays synthesized frames
+        "synthetic_payload": not meta.has_data,
     }
 
 

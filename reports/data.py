@@ -568,6 +568,11 @@ def _view_run(
     result = gate(comparison.comparisons if comparison else (), findings)
     if run.check_only:
         notes.append("checked only (--check-only): nothing was timed")
+    if run.trace.get("synthetic_payload"):
+        notes.append(
+            "the trace has no packet bytes (a driver send/complete trace, or imported with --no-data): the replayed "
+            "frames were synthesized at the recorded lengths"
+        )
     return RunView(
         label=label,
         run=run,

@@ -314,11 +314,17 @@ def test_bad_trace_is_one_line_exit_3(tmp_path: Path, make: object, fragment: st
     assert run("verify", trace, "-s", "reuse").exit_code == ExitCode.BAD_INPUT
 
 
-def test_trace_without_bytes_exit_3(tmp_path: Path, capture: Path) -> None:
+def test_trace_without_bytes_replays_synthesized_frames(tmp_path: Path, capture: Path) -> None:
     lean = tmp_path / "lean.parquet"
     assert run("import", capture, "-o", lean, "--no-data").exit_code == 0
-    result = run("run", lean, "-s", "reuse", "--out", tmp_path / "res")
-    assert result.exit_code == ExitCode.BAD_INPUT and "imported with --no-data" in result.stderr
+    result = run("run", lean, "-s", "reuse", "--rounds", "1", "--out", tmp_path / "res")
+    assert result.exit_code == ExitCode.OK, result.stderr
+    assert "no packet bytes" in result.stderr
+    saved = json.loads((tmp_path / "res" / "run.json").read_text())
+    assert saved["trace"]["synthetic_payload"] is True
+    full = run("run", capture, "-s", "reuse", "--rounds", "1", "--out", tmp_path / "full")
+    assert json.loads((tmp_path / "full" / "run.json").read_text())["trace"]["synthetic_payload"] is False
+    assert full.exit_code == ExitCode.OK
 
 
 # --- Ctrl-C ------------------------------------------------------------------------------------------------------

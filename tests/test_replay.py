@@ -17,6 +17,7 @@ import pytest
 from ndis_replay.engine.miniports import CompletionPolicy, ListWire, get_miniport
 from ndis_replay.engine.ndis.counters import CostProfile
 from ndis_replay.engine.replay import (
+    SYNTHETIC_STRIDE,
     LoopBaseline,
     Pacing,
     ReplayInput,
@@ -26,7 +27,7 @@ from ndis_replay.engine.replay import (
     parse_pacing,
 )
 from ndis_replay.engine.strategies import Strategy, get_strategy
-from ndis_replay.errors import ConfigError, NothingToReplay, TraceWithoutData
+from ndis_replay.errors import ConfigError, NothingToReplay
 from ndis_replay.importers import open_trace
 from ndis_replay.trace import Trace
 from tests.replay_helpers import (
@@ -103,10 +104,24 @@ def test_input_refuses_traces_with_nothing_to_send(
     assert isinstance(info.value, NothingToReplay) and info.value.received == received
 
 
-def test_input_refuses_a_trace_without_bytes(tmp_path: Path) -> None:
-    trace = open_trace(write_capture(tmp_path / "c.pcapng"), keep_data=False)
-    with pytest.raises(TraceWithoutData):
-        ReplayInput.from_trace(trace)
+def test_a_trace_without_bytes_replays_synthesized_frames(tmp_path: Path) -> None:
+    full = ReplayInput.from_trace(open_trace(write_capture(tmp_path / "c.pcapng")))
+    bare = ReplayInput.from_trace(open_trace(tmp_path / "c.pcapng", keep_data=False))
+    # the same calls, sizes and headers; the bytes are the pattern, different for every packet
+    for name in ("index", "batch", "call_start", "header_len", "frame_offset", "ts_ns"):
+        assert np.array_equal(getattr(bare, name), getattr(full, name)), name
+    frames = [bytes(bare.frame(i)) for i in range(bare.packets)]
+    for i, frame in enumerate(frames):
+        seed = int(bare.index[i]) * SYNTHETIC_STRIDE
+        assert frame == bytes((seed + j) & 0xFF for j in range(len(frame)))
+    assert len({f[:4] for f in frames}) > 1
+    # a strategy that sends a stale frame is still caught on the wire
+    outcome = replayer(bare, StaleDataOffset).check(ListWire())
+    assert "WIRE-BYTES" in {f.rule for f in outcome.findings}
+    # written a slice at a time, the same bytes
+    (tmp_path / "in").mkdir()
+    written = ReplayInput.write(open_trace(tmp_path / "c.pcapng", keep_data=False), tmp_path / "in")
+    assert bytes(written.data) == bytes(bare.data)
 
 
 # --- pacing ------------------------------------------------------------------------------------------------------
