@@ -1,23 +1,43 @@
 """Importers: every supported capture format into the canonical :class:`~ndis_replay.trace.Trace`.
 
-One compact module per format (``pcap``, ``pcapng``; ``dissect`` reads anything through tshark). The format is
-decided from the file's content; gzip, zstd, xz and bzip2 compression are undone transparently.
+One compact module per format (``pcap``, ``pcapng``; ``etw/`` for .etl files and tracerpt CSV; ``dissect`` reads
+anything through tshark). The format is decided from the file's content; gzip, zstd, xz and bzip2 compression
+are undone transparently.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import polars as pl
 
 from ndis_replay.errors import ConfigError
 from ndis_replay.importers.builder import TraceBuilder
+from ndis_replay.importers.etw.eventmap import EventMap
 from ndis_replay.importers.source import UnknownFormat, open_source, sniff_format
 from ndis_replay.trace import Trace
 
 READERS = ("auto", "fast", "tshark")
 
-__all__ = ["READERS", "detect_format", "open_trace"]
+__all__ = ["READERS", "EtwOptions", "detect_format", "open_trace"]
+
+
+@dataclass(frozen=True)
+class EtwOptions:
+    """What to take from an ETW trace.
+
+    ``layer``: NDIS-PacketCapture layers, ``"MINIPORT:LOWER"`` (comma-separated) or ``"all"``; default the layer
+    directly above each miniport. ``component``: PktMon component ids (comma-separated) or ``"all"``; default one
+    appearance per packet, at the miniport nearest the wire. ``event_map``: a TOML event map that makes the file a
+    driver send/complete trace (an .etl of TraceLogging events or a tracerpt CSV) instead of a packet capture.
+    """
+
+    layer: str | None = None
+    component: str | None = None
+    event_map: Path | EventMap | None = None
 
 
 def detect_format(path: str | Path) -> tuple[str, str | None]:
@@ -38,6 +58,7 @@ def open_trace(
     keep_data: bool = True,
     batching: str = "none",
     progress: Callable[[int], None] | None = None,
+    etw: EtwOptions | None = None,
 ) -> Trace:
     """Import a capture file into a validated :class:`Trace`.
 
@@ -45,7 +66,7 @@ def open_trace(
     through pyshark) or ``auto``: fast for pcap and pcapng, tshark for other formats when it is installed.
     ``dissect`` adds a ``protocol`` column (the highest protocol tshark finds). ``strict`` turns damage the
     reader would salvage around into an error. ``keep_data=False`` leaves out the packet bytes. ``progress``
-    is called with the number of file bytes read so far.
+    is called with the number of file bytes read so far. ``etw`` chooses what to take from an ETW trace.
     """
     from ndis_replay.batching import parse_batching
 
@@ -60,7 +81,9 @@ def open_trace(
         )
         return tshark_trace
     try:
-        trace = _read_fast(path, strict=strict, keep_data=keep_data, batching=batching, progress=progress)
+        trace = _read_fast(
+            path, strict=strict, keep_data=keep_data, batching=batching, progress=progress, etw=etw or EtwOptions()
+        )
     except UnknownFormat as unknown:
         if reader != "auto" or shutil.which("tshark") is None:
             raise
@@ -92,15 +115,45 @@ def _read_fast(
     keep_data: bool,
     batching: str,
     progress: Callable[[int], None] | None,
+    etw: EtwOptions,
 ) -> Trace:
     from ndis_replay.importers.pcap import read_pcap
     from ndis_replay.importers.pcapng import read_pcapng
 
     source = open_source(path, progress)
+    extra: dict[str, pl.Series] = {}
     try:
         fmt = sniff_format(source)
-        builder = TraceBuilder(path, strict=strict, keep_data=keep_data)
-        details = read_pcap(source, builder) if fmt == "pcap" else read_pcapng(source, builder)
+        if etw.event_map is not None and fmt not in DRIVER_FORMATS:
+            raise ConfigError(
+                "--event-map",
+                str(getattr(etw.event_map, "path", etw.event_map)),
+                f"maps driver events of an .etl or tracerpt CSV, and {path} is {fmt}",
+            )
+        if fmt in DRIVER_FORMATS and etw.event_map is not None:
+            from ndis_replay.importers.etw.driver import read_driver_trace
+
+            # driver events carry lengths, not frames: the trace has no bytes (replay synthesizes them)
+            builder = TraceBuilder(path, strict=strict, keep_data=False)
+            details, columns = read_driver_trace(source, builder, fmt, etw.event_map)
+            extra.update(columns)
+        elif fmt == "tracerpt-csv":
+            raise ConfigError(
+                "--event-map",
+                "(none)",
+                f"{path} is a tracerpt CSV export: say which events are sends and completes with --event-map FILE "
+                "(see the README, ETW traces)",
+            )
+        else:
+            builder = TraceBuilder(path, strict=strict, keep_data=keep_data)
+            if fmt == "etl":
+                from ndis_replay.importers.etw.packets import read_packet_etl
+
+                details = read_packet_etl(source, builder, layer=etw.layer, component=etw.component)
+            elif fmt == "pcap":
+                details = read_pcap(source, builder)
+            else:
+                details = read_pcapng(source, builder)
         sha256 = source.sha256()
     finally:
         source.close()
@@ -112,4 +165,10 @@ def _read_fast(
         reader="fast",
         batching=batching,
         details=details,
+        extra_columns=extra or None,
+        time_order=fmt in ("etl", "tracerpt-csv"),
     )
+
+
+#: Formats that hold a driver's own send/complete events (with ``--event-map``).
+DRIVER_FORMATS = ("etl", "tracerpt-csv")

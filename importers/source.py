@@ -247,19 +247,27 @@ def _decompressor(kind: str, raw: IO[bytes]) -> IO[bytes]:
 
 
 def sniff_format(source: OpenedSource) -> str:
-    """``"pcap"`` or ``"pcapng"`` from the first decompressed bytes, else :class:`TraceFormatError`."""
-    head = source.head(8)
+    """``"pcap"``, ``"pcapng"``, ``"etl"`` or ``"tracerpt-csv"`` from the first decompressed bytes, else
+    :class:`TraceFormatError`."""
+    from ndis_replay.importers.etw.container import ETL_SNIFF_BYTES, looks_like_etl
+    from ndis_replay.importers.etw.tracerpt import looks_like_tracerpt_csv
+
+    head = source.head(max(ETL_SNIFF_BYTES, 4096))
     if not head and source._ended is not None:
         raise TraceFormatError(source.path, f"{source.compression} stream is damaged ({source._ended})", offset=0)
     if head[:4] in PCAP_MAGICS:
         return "pcap"
     if head[:4] == PCAPNG_MAGIC:
         return "pcapng"
+    if looks_like_etl(head):
+        return "etl"
+    if looks_like_tracerpt_csv(head):
+        return "tracerpt-csv"
     if not head:
         what = "empty" if source.compression is None else f"empty once {source.compression}-decompressed"
         raise TraceFormatError(source.path, f"the file is {what}", offset=0)
     foreign = next((name for m, name in _FOREIGN_MAGICS if head.startswith(m)), None)
     inner = f" inside the {source.compression} compression" if source.compression else ""
     if foreign:
-        raise UnknownFormat(source.path, f"{foreign} file{inner}, not pcap or pcapng", foreign)
-    raise UnknownFormat(source.path, f"not a pcap or pcapng capture{inner} (magic bytes {head[:4].hex()})", None)
+        raise UnknownFormat(source.path, f"{foreign} file{inner}, not pcap, pcapng or ETW", foreign)
+    raise UnknownFormat(source.path, f"not a pcap, pcapng or ETW capture{inner} (magic bytes {head[:4].hex()})", None)

@@ -91,7 +91,7 @@ def test_inspect_tables_and_parquet_input(tmp_path: Path, capture: Path) -> None
     "args,code,fragment",
     [
         (("inspect", "{missing}"), ExitCode.BAD_INPUT, "cannot read: no such file"),
-        (("inspect", "{garbage}", "--reader", "fast"), ExitCode.BAD_INPUT, "not a pcap or pcapng capture"),
+        (("inspect", "{garbage}", "--reader", "fast"), ExitCode.BAD_INPUT, "not a pcap, pcapng or ETW capture"),
         (
             ("inspect", "{truncated}", "--strict"),
             ExitCode.BAD_INPUT,

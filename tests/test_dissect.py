@@ -288,7 +288,7 @@ def test_text_file_in_auto_mode_is_refused_as_not_a_capture(tshark: str) -> None
     assert isinstance(refused.value.__cause__, TsharkCannotRead)  # tshark was asked, and knew no better
     result = CliRunner().invoke(cli, ["inspect", str(REPO / "README.md")])
     assert result.exit_code == ExitCode.BAD_INPUT
-    assert result.stderr.count("\n") == 1 and "not a pcap or pcapng" in result.stderr
+    assert result.stderr.count("\n") == 1 and "not a pcap, pcapng or ETW" in result.stderr
     assert "tshark cannot read it either" in result.stderr
     result = CliRunner().invoke(cli, ["inspect", "--reader", "tshark", str(REPO / "README.md")])
     assert result.exit_code == ExitCode.BAD_INPUT

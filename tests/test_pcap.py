@@ -155,7 +155,7 @@ def test_format_comes_from_content_not_name(tmp_path: Path) -> None:
     "content,match",
     [
         (b"", "empty"),
-        (b"hello, this is text", "not a pcap or pcapng"),
+        (b"hello, this is text", "not a pcap, pcapng or ETW"),
         (b"snoop\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x04", "Sun snoop"),
     ],
     ids=["empty", "text", "snoop"],

@@ -627,7 +627,7 @@ class NdisCapDecoder:
                     raise TraceFormatError(
                         self.builder.path,
                         f"no NDIS capture layer {item.strip()!r} in this trace (layers with packets: {there})",
-                        hint="--layer MINIPORT:LOWER (several comma-separated) or --layer all",
+                        hint="--etw-layer MINIPORT:LOWER (several comma-separated) or --etw-layer all",
                     )
                 wanted.add(pair)
             return wanted
@@ -641,7 +641,7 @@ class NdisCapDecoder:
             self.builder.warn(
                 "etl-layer",
                 f"miniport IfIndex {m} has no capture layer directly above it (LowerIfIndex {m}); "
-                f"kept its lowest layer {m}:{low} (choose with --layer)",
+                f"kept its lowest layer {m}:{low} (choose with --etw-layer)",
             )
         return kept
 

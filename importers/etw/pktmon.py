@@ -357,7 +357,7 @@ class PktMonDecoder:
                     raise TraceFormatError(
                         self.builder.path,
                         f"no PktMon component {item.strip()!r} with packets in this trace (components: {there})",
-                        hint="--component ID (several comma-separated) or --component all",
+                        hint="--etw-component ID (several comma-separated) or --etw-component all",
                     )
                 wanted.append(value)
             return np.isin(comp, wanted)
@@ -371,7 +371,8 @@ class PktMonDecoder:
             if n:
                 self.builder.warn(
                     "etl-appearance",
-                    f"PktMon trace with {why}: kept the first appearance of each PktGroupId (choose with --component)",
+                    f"PktMon trace with {why}: kept the first appearance of each PktGroupId "
+                    "(choose with --etw-component)",
                 )
             candidates = np.ones(n, dtype=bool)
             pick_last = np.zeros(n, dtype=bool)

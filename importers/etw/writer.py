@@ -150,7 +150,8 @@ class EtlWriter:
             raise ValueError("cpus must be between 1 and 256")
         self._own = isinstance(target, (str, Path))
         self._f: BinaryIO = open(target, "wb") if isinstance(target, (str, Path)) else target  # noqa: SIM115
-        self.log_file_name = str(target) if isinstance(target, (str, Path)) else ""
+        # as Windows records it, but only the file's name: the same content wherever the file is written
+        self.log_file_name = f"C:\\traces\\{Path(target).name}" if isinstance(target, (str, Path)) else ""
         self.clock = CLOCKS[clock]
         self.perf_freq = perf_freq
         self.cpu_speed_mhz = cpu_speed_mhz
