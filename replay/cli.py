@@ -53,6 +53,7 @@ from ndis_replay.errors import (
 from ndis_replay.trace import Trace
 
 if TYPE_CHECKING:
+    from ndis_replay.importers import EtwOptions
     from ndis_replay.results import RunResult, StrategyResult
     from ndis_replay.runner import RunOptions
     from ndis_replay.worker import StrategySpec
@@ -231,10 +232,52 @@ def _reader_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 is_flag=True,
                 help="Fail on damage instead of importing the whole records before it with a warning.",
             ),
+            click.option(
+                "--etw-layer",
+                metavar="M:L,...|all",
+                expose_value=False,
+                callback=_keep_etw_option,
+                help="netsh/NDIS-PacketCapture .etl: the filter layers to keep, as MiniportIfIndex:LowerIfIndex "
+                "(`inspect` lists them). Default: the layer directly above each miniport, so no frame counts twice.",
+            ),
+            click.option(
+                "--etw-component",
+                metavar="ID,...|all",
+                expose_value=False,
+                callback=_keep_etw_option,
+                help="pktmon .etl: the components whose packets to keep (`inspect` lists them). Default: one "
+                "appearance per packet, at the miniport nearest the wire.",
+            ),
+            click.option(
+                "--event-map",
+                type=click.Path(path_type=Path, dir_okay=False, exists=True),
+                expose_value=False,
+                callback=_keep_etw_option,
+                help="TOML mapping a driver's own send/complete events (.etl TraceLogging or tracerpt CSV) to sends, "
+                "completions, NBL pointers, lengths and send calls: the trace then carries the driver's measured "
+                "latency (README, ETW traces).",
+            ),
         ]
     ):
         f = opt(f)
     return f
+
+
+_ETW_META = "ndis_replay.etw"
+
+
+def _keep_etw_option(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """Collect --etw-layer / --etw-component / --event-map for :func:`_load` (they only matter to ETW input)."""
+    if value is not None and param.name is not None:
+        ctx.meta.setdefault(_ETW_META, {})[param.name.removeprefix("etw_")] = value
+
+
+def _etw_options() -> EtwOptions:
+    from ndis_replay.importers import EtwOptions
+
+    ctx = click.get_current_context(silent=True)
+    chosen: dict[str, Any] = dict(ctx.meta.get(_ETW_META, {})) if ctx is not None else {}
+    return EtwOptions(**chosen)
 
 
 @contextmanager
@@ -282,6 +325,7 @@ def _load(path: Path, reader: str, dissect: bool, strict: bool, batching: str, k
             keep_data=keep_data,
             batching=batching,
             progress=progress,
+            etw=_etw_options(),
         )
 
 
@@ -481,6 +525,15 @@ def _render_summary(s: dict[str, Any]) -> None:
             t.add_row(_safe(p["protocol"]), f"{p['packets']:,}")
         console.print(t)
 
+    _render_etw(console, s["details"])
+    measured = s.get("measured")
+    if measured:
+        console.print(
+            f"measured by the driver (send → completion): {measured['packets']:,} packets, "
+            f"p50 {measured['p50_ns'] / 1e3:,.2f} µs, p99 {measured['p99_ns'] / 1e3:,.2f} µs, "
+            f"max {measured['max_ns'] / 1e3:,.2f} µs; {measured['without_completion']:,} sends without a completion"
+        )
+
     if s["warnings"]:
         t = Table(title="Warnings", title_justify="left")
         for col in ("code", "detail", "record", "byte", "count"):
@@ -494,6 +547,94 @@ def _render_summary(s: dict[str, Any]) -> None:
                 str(w["count"]),
             )
         console.print(t)
+
+
+_CLOCKS = {1: "QPC", 2: "system time", 3: "CPU cycles"}
+#: PktMon ComponentType values (ETW_FORMAT.md §5.2).
+_COMPONENT_TYPES = {1: "NDIS", 2: "miniport", 3: "filter", 4: "protocol", 10: "HTTP", 13: "IPsec", 14: "NetCx"}
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], left: Sequence[str] = ()) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in columns:
+        t.add_column(col, justify="left" if col in left else "right")
+    for row in rows:
+        t.add_row(*(_safe(v) if isinstance(v, str) else Text(f"{v:,}" if isinstance(v, int) else str(v)) for v in row))
+    return t
+
+
+def _render_etw(console: Console, details: dict[str, Any]) -> None:
+    """The ETW part of ``inspect``: the ETL's header, events by provider, layers or components, drops, and the
+    pairing of a driver send/complete trace."""
+    header, stats = details.get("etl_header"), details.get("etl_stats")
+    if header and stats:
+        clock = _CLOCKS.get(header.get("clock_type"), "?")
+        lost = f"events lost {header.get('events_lost', 0):,}, buffers lost {header.get('buffers_lost', 0):,}"
+        console.print(
+            Text(
+                f"ETL: Windows build {header.get('os_build')}, {header.get('number_of_processors')} CPUs, "
+                f"clock {clock} at {header.get('perf_freq', 0):,} Hz, {stats.get('buffers', 0):,} buffers "
+                f"({stats.get('compressed_buffers', 0):,} compressed), {lost}, logger "
+            ).append(_safe(header.get("logger_name", "")))
+        )
+    etw = details.get("etw") or {}
+    if etw.get("events"):
+        rows: list[tuple[object, ...]] = [(e["provider"], e["event_id"], e["count"]) for e in etw["events"]]
+        console.print(_table("ETW events", ("provider", "event id", "events"), rows, left=("provider",)))
+    if etw.get("layers"):
+        cols: tuple[str, ...] = ("miniport", "lower", "media", "packets", "send", "recv", "kept")
+        rows = [
+            (
+                layer.get("miniport"),
+                layer.get("lower"),
+                str(layer.get("media", "")),
+                layer.get("packets", 0),
+                layer.get("sends", 0),
+                layer.get("recvs", 0),
+                "yes" if layer.get("kept") else "no",
+            )
+            for layer in etw["layers"]
+        ]
+        console.print(_table("NDIS-PacketCapture layers (--etw-layer MINIPORT:LOWER)", cols, rows, left=("media",)))
+    components = [c for c in etw.get("components", ()) if c.get("packets") or c.get("drops") or c.get("kept")]
+    if components:
+        cols = ("id", "name", "description", "type", "IfIndex", "packets", "tx", "rx", "drops", "kept")
+        rows = [
+            (
+                c["id"],
+                c.get("name") or "",
+                c.get("description") or "",
+                _COMPONENT_TYPES.get(c.get("type"), str(c.get("type", ""))),
+                "—" if c.get("ifindex") is None else c["ifindex"],
+                c.get("packets", 0),
+                c.get("tx", 0),
+                c.get("rx", 0),
+                c.get("drops", 0),
+                "yes" if c.get("kept") else "no",
+            )
+            for c in components
+        ]
+        console.print(
+            _table("PktMon components with packets (--etw-component ID)", cols, rows, left=("name", "description"))
+        )
+    if etw.get("drops"):
+        drops = etw["drops"]
+        cols = (*(k for k in drops[0] if k != "count"), "count")
+        console.print(_table("Dropped packets (PktMon 170)", cols, [tuple(d.get(k) for k in cols) for d in drops]))
+    driver = details.get("driver")
+    if driver:
+        rows = [
+            (
+                driver.get("sends", 0),
+                driver.get("completes", 0),
+                driver.get("paired", 0),
+                driver.get("unpaired_sends", 0),
+                driver.get("unmatched_completes", 0),
+                driver.get("resent", 0),
+            )
+        ]
+        cols = ("sends", "completes", "paired", "send never completed", "completion without send", "re-sent early")
+        console.print(_table(f"Driver send/complete events ({driver.get('provider') or '?'})", cols, rows))
 
 
 # --- replay: run, verify, strategies, miniports ------------------------------------------------------------------

@@ -9,6 +9,7 @@ import polars as pl
 
 from ndis_replay.batching import assign_batches, format_duration_ns, parse_batching
 from ndis_replay.importers.headers import linktype_name
+from ndis_replay.runner import measured_latency
 from ndis_replay.trace import DIRECTIONS, Trace
 
 #: Batching rules shown by ``inspect``: the single-packet case, fixed batches, and gaps around the default.
@@ -21,6 +22,12 @@ def _iso(ns: int | None) -> str | None:
     if ns is None:
         return None
     return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="microseconds")
+
+
+def _auto_label(frame: pl.DataFrame, gap_ns: int) -> str:
+    if "send_call" in frame.columns:
+        return "auto (the driver's send calls)"
+    return f"auto (gap={format_duration_ns(gap_ns)})"
 
 
 def summarize(trace: Trace) -> dict[str, Any]:
@@ -93,7 +100,7 @@ def summarize(trace: Trace) -> dict[str, Any]:
             per_call = b.value_counts().get_column("count")
             calls.append(
                 {
-                    "rule": str(rule) if text != "auto" else f"auto (gap={format_duration_ns(rule.gap_ns)})",
+                    "rule": str(rule) if text != "auto" else _auto_label(f, rule.gap_ns),
                     "calls": int(b.n_unique()),
                     "mean_packets": replayed / b.n_unique(),
                     "max_packets": int(per_call.max()),  # type: ignore[arg-type]
@@ -131,6 +138,7 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "send_calls": calls,
         "protocols": protocols,
         "details": dict(meta.details),
+        "measured": measured_latency(trace),
         "warnings": [
             {"code": w.code, "detail": w.detail, "offset": w.offset, "record": w.record, "count": w.count}
             for w in meta.warnings
