@@ -13,6 +13,20 @@ Blocks carry ``epb_flags`` (outbound = ``send``, inbound = ``recv``), as seen fr
 ``small_packets``
     a fixed-rate (1 kHz) UDP telemetry stream of 60-128-byte frames, all sent: the single-packet case.
 
+Two ETW samples, made with the package's own ETL writer:
+
+``request_response.etl``
+    the first 400 ``request_response`` frames as ``netsh trace start capture=yes`` logs them (NDIS-PacketCapture event
+    1001, direction in the SendPath/ReceivePath keywords, QPC at 10 MHz so times fall to 100 ns): sends logged
+    on CPU 0, receives on CPU 1 (per-CPU buffers, so file order is not time order), every frame at the layer
+    directly above the miniport (IfIndex 12) and every sent frame once more at a filter layer above it
+    (LowerIfIndex 18), as a real trace shows each frame once per layer;
+``driver_sends.etl``, ``driver_sends.csv``, ``driver_sends.toml``
+    a driver's own TraceLogging send/complete events (``MiniportSendNetBufferLists`` with NBL pointer, length
+    and send-call id; ``NdisMSendNetBufferListsComplete`` with the NBL pointer) for the first 1,000
+    ``small_packets`` frames sent in calls of 1-4 NBLs from a pool of 64 NBLs, completed 4-60 µs later; the
+    same events as a ``tracerpt -of CSV`` export; and the event map that reads both.
+
 Every frame is correct on the wire: IPv4 header checksums, TCP/UDP checksums over the pseudo-header, sequence
 and acknowledgement numbers that follow the byte stream, received frames padded to the 60-byte Ethernet
 minimum (sent ones are captured before the NIC pads them). A fixed seed and a fixed base time make every run
@@ -467,6 +481,106 @@ def write_trace(name: str, pkts: Sequence[Packet], out: Path) -> list[Written]:
     return results
 
 
+# --- ETW samples ----------------------------------------------------------------------------------------------
+
+#: IfIndexes of the netsh sample: the miniport, and a filter driver (LWF) above it.
+NETSH_MINIPORT = 12
+NETSH_FILTER = 18
+#: Packets of the ETW samples (the first ones of request_response and small_packets): they keep the files small.
+NETSH_PACKETS = 400
+DRIVER_PACKETS = 1000
+#: NBLs in the sample driver's pool (pointers are reused once completed) and where they live.
+DRIVER_NBLS = 64
+DRIVER_NBL_BASE = 0xFFFF_C08A_1F20_0000
+DRIVER_NBL_STRIDE = 0x1A0  # the x64 NET_BUFFER_LIST size rounded up, as a lookaside list would lay them out
+
+
+def write_netsh_etl(pkts: Sequence[Packet], path: Path) -> Written:
+    """``pkts`` as a netsh NDIS-PacketCapture trace (see the module docstring)."""
+    from ndis_replay.importers.etw.ndiscap import (  # type: ignore[import-not-found, unused-ignore]
+        EVENT_FRAGMENT,
+        KW_DEFAULT,
+        KW_RECV,
+        KW_SEND,
+        NDIS_PROVIDER,
+        encode_1001,
+    )
+    from ndis_replay.importers.etw.writer import EtlWriter  # type: ignore[import-not-found, unused-ignore]
+
+    ordered = sorted(pkts, key=lambda p: p[0])
+    with EtlWriter(path, start_ns=BASE_NS - 1_000_000, cpus=2, logger_name="NetTrace") as writer:
+        for ts, outbound, frame in ordered:
+            tick = ts - ts % 100  # QPC at 10 MHz
+            keyword = KW_DEFAULT | (KW_SEND if outbound else KW_RECV)
+            layers = (NETSH_MINIPORT, NETSH_FILTER) if outbound else (NETSH_MINIPORT,)
+            for lower in layers:
+                writer.add_event(
+                    cpu=0 if outbound else 1,
+                    ts_ns=tick,
+                    provider=NDIS_PROVIDER,
+                    event_id=EVENT_FRAGMENT,
+                    keyword=keyword,
+                    pid=4,
+                    tid=0x1F4 if outbound else 0x2C8,
+                    user_data=encode_1001(NETSH_MINIPORT, lower, frame),
+                )
+    data = path.read_bytes()
+    sizes = [len(f) for _, _, f in ordered]
+    sent = sum(1 for _, outbound, _ in ordered if outbound)
+    w = Written(path, len(ordered), sent, len(ordered) - sent, min(sizes), max(sizes))
+    w.size, w.sha256 = len(data), hashlib.sha256(data).hexdigest()
+    return w
+
+
+def driver_events(
+    pkts: Sequence[Packet], rng: random.Random
+) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int]]]:
+    """Sends ``(ts, nbl, length, call)`` and completes ``(ts, nbl)`` of a driver sending ``pkts``' frames."""
+    sends: list[tuple[int, int, int, int]] = []
+    completes: list[tuple[int, int]] = []
+    free = [DRIVER_NBL_BASE + i * DRIVER_NBL_STRIDE for i in range(DRIVER_NBLS)]
+    pending: list[tuple[int, int]] = []  # (complete ts, nbl), by time
+    frames = [f for _, outbound, f in sorted(pkts, key=lambda p: p[0]) if outbound]
+    ts = BASE_NS
+    call = 0
+    i = 0
+    while i < len(frames):
+        size = min(rng.choice((1, 1, 1, 1, 2, 3, 4)), len(frames) - i)
+        for position in range(size):
+            now = ts + position * 300  # the NBLs of one call are logged 300 ns apart
+            pending.sort()
+            while pending and (pending[0][0] <= now or not free):
+                done_ts, nbl = pending.pop(0)
+                completes.append((done_ts, nbl))
+                free.append(nbl)
+                now = max(now, done_ts + 100)  # a send that waited for a free NBL goes after its completion
+            nbl = free.pop(0)
+            sends.append((now, nbl, len(frames[i + position]), call))
+            latency = 4_000 + int(rng.lognormvariate(9.0, 0.6))  # ns: ~4 µs floor, a tail to ~60 µs
+            pending.append((now + min(latency, 60_000) - (now + latency) % 100, nbl))
+        call += 1
+        i += size
+        ts += rng.randrange(40_000, 400_000, 100)
+    completes.extend(sorted(pending))
+    return sends, completes
+
+
+def write_driver_samples(pkts: Sequence[Packet], out: Path, rng: random.Random) -> list[Path]:
+    """``driver_sends.etl``, ``driver_sends.csv`` and ``driver_sends.toml`` (see the module docstring)."""
+    from ndis_replay.importers.etw.driver import (  # type: ignore[import-not-found, unused-ignore]
+        DEFAULT_EVENT_MAP,
+        driver_csv_text,
+        write_driver_etl,
+    )
+
+    sends, completes = driver_events(pkts, rng)
+    etl, csv, toml = out / "driver_sends.etl", out / "driver_sends.csv", out / "driver_sends.toml"
+    write_driver_etl(etl, sends, completes, cpus=2, start_ns=BASE_NS - 1_000_000)
+    csv.write_text(driver_csv_text(sends, completes), encoding="utf-8", newline="")
+    toml.write_text(DEFAULT_EVENT_MAP, encoding="utf-8")
+    return [etl, csv, toml]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument(
@@ -479,14 +593,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     total = 0
+    made: dict[str, list[Packet]] = {}
+    written: list[Written] = []
     for name, make in TRACES.items():
         rng = random.Random(f"{SEED}:{name}")  # one stream per trace: changing one leaves the others alone
-        for w in write_trace(name, make(rng), out):
-            total += w.size
-            print(
-                f"{w.path.name:26} {w.packets:6,} packets ({w.sent:,} send, {w.received:,} recv), "
-                f"frames {w.min_len}-{w.max_len} B, {w.size:>9,} bytes, sha256 {w.sha256}"
-            )
+        made[name] = make(rng)
+        written.extend(write_trace(name, made[name], out))
+    # the first NETSH_PACKETS frames: each sent frame is logged twice, and the repository carries the files
+    netsh = sorted(made["request_response"], key=lambda p: p[0])[:NETSH_PACKETS]
+    written.append(write_netsh_etl(netsh, out / "request_response.etl"))
+    for w in written:
+        total += w.size
+        print(
+            f"{w.path.name:26} {w.packets:6,} packets ({w.sent:,} send, {w.received:,} recv), "
+            f"frames {w.min_len}-{w.max_len} B, {w.size:>9,} bytes, sha256 {w.sha256}"
+        )
+    telemetry = sorted(made["small_packets"], key=lambda p: p[0])[:DRIVER_PACKETS]
+    for path in write_driver_samples(telemetry, out, random.Random(f"{SEED}:driver")):
+        data = path.read_bytes()
+        total += len(data)
+        print(f"{path.name:26} {len(data):>9,} bytes, sha256 {hashlib.sha256(data).hexdigest()}")
     print(f"{'total':26} {total:,} bytes in {out}")
     return 0
 
