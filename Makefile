@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SOURCES := $(shell find replay importers engine reports -name '*.py' -not -path '*/__pycache__/*') pyproject.toml
 
-.PHONY: demo test lint typecheck samples bench-import bench-replay bench-report tshark browser clean
+.PHONY: demo test lint typecheck samples bench-import bench-replay bench-report bench-etl bench-stats tshark browser clean
 
 $(BIN)/python:
 	@$(PY) -m venv $(VENV) 2>/dev/null || { \
@@ -71,6 +71,12 @@ bench-replay: $(VENV)/.test
 
 bench-report: $(VENV)/.test
 	$(BIN)/python bench/report_bench.py
+
+bench-etl: $(VENV)/.test
+	$(BIN)/python bench/etl_bench.py --compressed-mb 20
+
+bench-stats: $(VENV)/.test
+	$(BIN)/python bench/stats_bench.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
