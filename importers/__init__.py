@@ -85,6 +85,10 @@ def open_trace(
             path, strict=strict, keep_data=keep_data, batching=batching, progress=progress, etw=etw or EtwOptions()
         )
     except UnknownFormat as unknown:
+        if etw is not None and etw.event_map is not None:
+            # an event map reads driver events (.etl, tracerpt CSV): tshark has nothing to offer for the rest
+            unknown.hint = "--event-map reads a driver's .etl (TraceLogging) or a tracerpt CSV export"
+            raise
         if reader != "auto" or shutil.which("tshark") is None:
             raise
         from ndis_replay.importers.dissect import TsharkCannotRead, read_with_tshark

@@ -154,3 +154,43 @@ def test_driver_trace_report_shows_measured_beside_replayed(tmp_path: Path) -> N
     page = html.read_text()
     assert 'data-chart="measured-vs-replayed"' in page and "measured by the driver" in page
     assert re.search(r"synthesized at the recorded lengths", page)
+
+
+def test_csv_with_missing_columns_is_one_line(tmp_path: Path) -> None:
+    text = (SAMPLES / "driver_sends.csv").read_text()
+    header, rest = text.split("\n", 1)
+    broken = tmp_path / "broken.csv"
+    broken.write_text(header.replace(" Clock-Time,", "") + "\n" + rest)
+    one_line_error(run("inspect", broken, "--event-map", DRIVER_MAP), ExitCode.BAD_INPUT, "Clock-Time")
+
+
+def test_bad_compressed_block_is_salvaged_with_counts_or_refused_under_strict(tmp_path: Path) -> None:
+    from ndis_replay.importers.etw.ndiscap import EVENT_FRAGMENT, KW_DEFAULT, KW_SEND, NDIS_PROVIDER, encode_1001
+    from ndis_replay.importers.etw.writer import EtlWriter
+
+    path = tmp_path / "c.etl"
+    with EtlWriter(path, start_ns=T0, cpus=1, compress=True, buffer_size=4096) as writer:
+        for i in range(200):
+            frame = bytes([i % 256]) * 100
+            writer.add_event(
+                cpu=0, ts_ns=T0 + i * 1000, provider=NDIS_PROVIDER, event_id=EVENT_FRAGMENT,
+                keyword=KW_DEFAULT | KW_SEND, user_data=encode_1001(1, 1, frame),
+            )  # fmt: skip
+    start, size, _cpu = writer.buffers[2]
+    data = bytearray(path.read_bytes())
+    data[start + 0x48 : start + size] = b"\xff" * (size - 0x48)  # every flag bit a match, offsets into nothing
+    path.write_bytes(bytes(data))
+    result = run("inspect", path, "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert 0 < summary["packets"] < 200
+    assert any("compress" in w["detail"] for w in summary["warnings"]), summary["warnings"]
+    one_line_error(run("inspect", path, "--strict"), ExitCode.BAD_INPUT)
+
+
+def test_with_an_event_map_nothing_falls_back_to_tshark(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    one_line_error(
+        run("inspect", text, "--event-map", DRIVER_MAP), ExitCode.BAD_INPUT, "--event-map reads a driver's .etl"
+    )

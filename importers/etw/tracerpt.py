@@ -83,11 +83,24 @@ def _norm(name: str) -> str:
 def looks_like_tracerpt_csv(head: bytes) -> bool:
     """True when ``head`` (the first KiB or so of a file) starts like a tracerpt CSV export."""
     text = _decode_head(head[:8192])
-    for line in text.splitlines()[:_HEADER_SEARCH_LINES]:
-        cols = {_norm(c) for c in line.split(",")}
-        if {"event name", "clock-time"} <= cols:  # as iter_tracerpt_rows finds the header: it names what lacks
-            return True
-    return False
+    # as iter_tracerpt_rows finds the header: it then names what the header lacks
+    return any(_is_header({_norm(c) for c in line.split(",")}) for line in text.splitlines()[:_HEADER_SEARCH_LINES])
+
+
+#: Column names of tracerpt's header line (ETW_FORMAT.md §6).
+_KNOWN_COLUMNS = frozenset(
+    {
+        "event name", "type", "event id", "version", "channel", "level", "opcode", "task", "keyword", "pid", "tid",
+        "processor number", "instance id", "parent instance id", "activity id", "related activity id",
+        "clock-time", "kernel(ms)", "user(ms)", "user data",
+    }
+)  # fmt: skip
+
+
+def _is_header(cols: set[str]) -> bool:
+    """A tracerpt header line: "Event Name" and at least four more of its columns (so one that lacks a required
+    column is still recognised, and refused naming it)."""
+    return "event name" in cols and len(cols & _KNOWN_COLUMNS) >= 5
 
 
 def parse_int(text: str) -> int:
@@ -148,7 +161,7 @@ def iter_tracerpt_rows(
     header: list[str] | None = None
     for row in reader:
         cols = [_norm(c) for c in row]
-        if "event name" in cols and "clock-time" in cols:
+        if _is_header(set(cols)):
             header = [c.strip() for c in row]
             break
         if reader.line_num >= _HEADER_SEARCH_LINES:
