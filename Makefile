@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SOURCES := $(shell find replay importers engine reports -name '*.py' -not -path '*/__pycache__/*') pyproject.toml
 
-.PHONY: demo test lint typecheck samples bench-import bench-replay bench-report bench-etl bench-stats tshark browser clean
+.PHONY: demo test lint typecheck samples bench-import bench-replay bench-report bench-etl bench-stats bench-tap tshark browser clean
 
 $(BIN)/python:
 	@$(PY) -m venv $(VENV) 2>/dev/null || { \
@@ -77,6 +77,14 @@ bench-etl: $(VENV)/.test
 
 bench-stats: $(VENV)/.test
 	$(BIN)/python bench/stats_bench.py
+
+# The TAP miniport against tcpreplay --topspeed, each into a TAP device in a namespace of its own (needs root; the
+# Debian package tcpreplay is installed when missing: the bench only, never the tests).
+bench-tap: $(VENV)/.test
+	@command -v tcpreplay >/dev/null 2>&1 || { \
+	  echo "tcpreplay is missing: installing the Debian package tcpreplay"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq tcpreplay >/dev/null; }
+	$(SUDO) $(BIN)/python bench/tap_bench.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

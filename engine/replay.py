@@ -71,6 +71,8 @@ HARNESS_RULES: dict[str, str] = {
     "strategy",
     "NOT-COMPLETED": "a packet sent in a timed round was never completed by the miniport",
     "WORKER-DIED": "the worker process running the strategy ended unexpectedly (killed, out of memory, crashed)",
+    "WIRE-DELIVERY": "a frame the miniport wrote to its device was lost, changed, reordered or joined by another "
+    "on the device's far side (tap miniport: an AF_PACKET reader checks every frame against the trace)",
 }
 #: At most this many WIRE-BYTES findings are kept per strategy (all are counted).
 MAX_WIRE_FINDINGS = 100
@@ -292,24 +294,35 @@ class ReplayInput:
 
 # --- pacing ------------------------------------------------------------------------------------------------------
 
-PACING_CHOICES = ("asap", "original", "xN (e.g. x2: twice the captured rate)", "pps=N (e.g. pps=100000)")
+PACING_CHOICES = (
+    "asap",
+    "original",
+    "xN (e.g. x2: twice the captured rate)",
+    "pps=N (e.g. pps=100000)",
+    "mbps=N (e.g. mbps=100: link-layer bytes)",
+)
 
 
 @dataclass(frozen=True)
 class Pacing:
     """When each send call starts: ``asap`` (back to back), ``original`` (the trace's own gaps), ``xN`` (the
-    trace's gaps divided by N) or ``pps=N`` (N packets per second). Under every paced rule a call's latency is
-    measured from its scheduled time, so a stall of the loop is not hidden."""
+    trace's gaps divided by N), ``pps=N`` (N packets per second) or ``mbps=N`` (N Mbit/s of link-layer bytes: the
+    frames as replayed, without preamble, inter-frame gap or FCS). Under every paced rule a call's latency is
+    measured from its scheduled time, so a stall of the loop is not hidden (coordinated omission).
 
-    kind: str  # "asap" | "original" | "speed" | "pps"
+    Under ``pps`` and ``mbps`` call ``k`` is due when the packets (bytes) of calls ``0 … k−1`` have been sent at
+    the rate; a call of several packets (a batch) starts them all at once."""
+
+    kind: str  # "asap" | "original" | "speed" | "pps" | "mbps"
     factor: float = 1.0
     rate: float = 0.0
 
     def __str__(self) -> str:
+        # .15g: every digit a float has, and no exponent below 1e15 (pps=1000000, not pps=1e+06)
         if self.kind == "speed":
-            return f"x{self.factor:g}"
-        if self.kind == "pps":
-            return f"pps={self.rate:g}"
+            return f"x{self.factor:.15g}"
+        if self.kind in ("pps", "mbps"):
+            return f"{self.kind}={self.rate:.15g}"
         return self.kind
 
     def offsets(self, inp: ReplayInput) -> Int64Array | None:
@@ -319,13 +332,37 @@ class Pacing:
         first = inp.call_start[:-1]
         if self.kind == "pps":
             return (first.astype(np.float64) * (1e9 / self.rate)).astype(np.int64)
+        if self.kind == "mbps":
+            bits = inp.frame_offset[first].astype(np.float64) * 8
+            return (bits * (1e3 / self.rate)).astype(np.int64)  # bits / (rate · 1e6 bit/s) in ns
         ts = inp.ts_ns[first]
         relative = np.maximum.accumulate(ts - ts[0]) if len(ts) else ts  # out-of-order stamps never go back
         return (np.maximum(relative, 0) / self.factor).astype(np.int64)
 
+    def requested(self, inp: ReplayInput) -> tuple[float | None, float | None]:
+        """The rate the schedule asks for, as (packets/s, Mbit/s) by :func:`rate_over` over the scheduled span
+        (first call due → last call due): ``pps=N`` gives N packets/s, ``mbps=N`` N Mbit/s, ``original`` and
+        ``xN`` the trace's own rate (× N). (None, None) for ``asap`` and for a schedule of no length (one call, or
+        a trace whose calls share one timestamp)."""
+        offsets = self.offsets(inp)
+        if offsets is None or not len(offsets):
+            return None, None
+        return rate_over(inp, int(offsets[-1]))
+
+
+def rate_over(inp: ReplayInput, span_ns: int) -> tuple[float | None, float | None]:
+    """(packets/s, Mbit/s) of sending every call but the last in ``span_ns`` — the span from the first call's start
+    to the last call's start, over which exactly those packets were sent (the last call's packets start at its
+    end). Mbit/s counts link-layer bytes (the replayed frames). (None, None) when the span is not positive."""
+    if span_ns <= 0 or inp.calls < 2:
+        return None, None
+    before_last = int(inp.call_start[-2])
+    seconds = span_ns / 1e9
+    return before_last / seconds, int(inp.frame_offset[before_last]) * 8 / seconds / 1e6
+
 
 def parse_pacing(text: str) -> Pacing:
-    """``asap``, ``original``, ``xN`` (N > 0, e.g. ``x2`` or ``x0.5``), ``pps=N`` (N > 0)."""
+    """``asap``, ``original``, ``xN`` (N > 0, e.g. ``x2`` or ``x0.5``), ``pps=N``, ``mbps=N`` (N > 0)."""
     t = text.strip().lower()
     if t in ("asap", "original"):
         return Pacing(t)
@@ -334,10 +371,11 @@ def parse_pacing(text: str) -> Pacing:
             factor = float(t[1:])
             if factor > 0 and np.isfinite(factor):
                 return Pacing("speed", factor=factor)
-        elif t.startswith("pps="):
-            rate = float(t[4:])
+        elif t.startswith(("pps=", "mbps=")):
+            kind, _, value = t.partition("=")
+            rate = float(value)
             if rate > 0 and np.isfinite(rate):
-                return Pacing("pps", rate=rate)
+                return Pacing(kind, rate=rate)
     except ValueError:
         pass
     raise ConfigError("pacing", text, "unknown pacing", PACING_CHOICES)
@@ -455,6 +493,15 @@ def _loop_paced(
 # --- outcomes ------------------------------------------------------------------------------------------------------
 
 
+#: delivery counts that are problems (each a WIRE-DELIVERY finding); the others are frames, delivered
+DELIVERY_PROBLEMS = ("dropped", "corrupted", "reordered", "unexpected", "refused", "socket_drops")
+
+
+def delivery_problems(counts: dict[str, int]) -> int:
+    """Frames lost, changed, reordered, unexpected or refused in a far side's counts."""
+    return sum(int(counts.get(name, 0)) for name in DELIVERY_PROBLEMS)
+
+
 def exception_finding(exc: BaseException, packet_index: int, phase: str) -> Finding:
     """A STRATEGY-EXCEPTION finding naming the exception and the innermost frame it came from."""
     frames = traceback.extract_tb(exc.__traceback__)
@@ -483,6 +530,9 @@ class CheckOutcome:
     seconds: float
     #: what the miniport declared at open() (MiniportInfo as a dict; empty if it never opened)
     miniport_info: dict[str, Any] = field(default_factory=dict)
+    #: what the far side of a device-backed miniport received (frames, delivered, dropped, corrupted, …); None for
+    #: an in-process miniport or a pass that stopped
+    delivery: dict[str, int] | None = None
 
     @property
     def errors(self) -> int:
@@ -511,6 +561,11 @@ class RoundOutcome:
     error: Finding | None = None
     #: [C] how late each call started against its schedule, ns (paced rounds only)
     lag_ns: Int64Array | None = None
+    #: the first call's scheduled start (asap: its actual start) → the last call's actual start, ns: the span over
+    #: which :func:`rate_over` gives the achieved rate (0 when the round stopped early or has one call)
+    span_ns: int = 0
+    #: the far side's counts for this round (device-backed miniports only)
+    delivery: dict[str, int] | None = None
 
 
 class TeeWire(WireSink):
@@ -663,6 +718,7 @@ class StrategyReplayer:
         self._t2 = np.zeros(c, dtype=np.int64)
 
     def _bind_context(self, ndis: Ndis, miniport: Miniport) -> BindContext:
+        miniport.expect(self.inp)
         info = miniport.open(ndis, self.completion)
         self.miniport_info = dataclasses.asdict(info)
         in_flight = self.completion.max_in_flight(self.inp.max_call)
@@ -688,6 +744,7 @@ class StrategyReplayer:
         sink: WireSink = compare if wire is None else TeeWire(compare, wire)
         failure: str | None = None
         extra: list[Finding] = []
+        far: tuple[dict[str, int], list[Finding]] | None = None
         profile = self.cost_profile
         priced = list(profile.ns) if profile is not None else []
         rows = np.zeros((self.inp.calls + 1, len(priced)), dtype=np.int64) if priced else None
@@ -713,6 +770,7 @@ class StrategyReplayer:
             after = _counts(ndis)
             if rows is not None:
                 rows[-1] = [getattr(counters, name) for name in priced]
+            far = miniport.delivery()
             strategy.unbind()
             miniport.close()
             verifier.finish()
@@ -736,6 +794,11 @@ class StrategyReplayer:
         for finding in extra:
             findings.append(finding)
             counts[finding.rule] = counts.get(finding.rule, 0) + 1
+        if far is not None:
+            findings.extend(far[1])
+            problems = delivery_problems(far[0])
+            if problems:
+                counts["WIRE-DELIVERY"] = problems
         cost = None
         if rows is not None and profile is not None and failure is None:
             weights = np.array([profile.ns[name] for name in priced], dtype=np.float64)
@@ -755,6 +818,7 @@ class StrategyReplayer:
             stats=_stats(strategy),
             seconds=time.perf_counter() - started,
             miniport_info=dict(self.miniport_info),
+            delivery=far[0] if far is not None else None,
         )
 
     # --- timed rounds --------------------------------------------------------------------------------------------
@@ -813,7 +877,17 @@ class StrategyReplayer:
             if enabled:
                 gc.enable()
         after = _counts(ndis)
+        delivery = None
+        if error is None:
+            try:
+                far = miniport.delivery()  # after the timed window: reads what is left on the far side
+            except Exception as exc:
+                self.failed = True
+                error = exception_finding(exc, -1, "timed round, far side")
+            else:
+                delivery = far[0] if far is not None else None
         start_ref = self._t0 if due is None else np.asarray(due, dtype=np.int64)
+        span = int(self._t0[-1] - start_ref[0]) if error is None and self.inp.calls > 1 else 0
         latency = complete - start_ref[self.call_of]
         latency[complete < 0] = -1
         if error is None and (complete < 0).any():
@@ -833,6 +907,8 @@ class StrategyReplayer:
             gauges=_gauges(ndis),
             error=error,
             lag_ns=None if due is None else self._t0 - start_ref,
+            span_ns=span,
+            delivery=delivery,
         )
 
     def close_timed(self) -> dict[str, int]:
@@ -945,6 +1021,8 @@ __all__ = [
     "TimerCalibration",
     "calibrate_timer",
     "compare_wire",
+    "delivery_problems",
     "exception_finding",
     "parse_pacing",
+    "rate_over",
 ]

@@ -37,6 +37,7 @@ from ndis_replay.errors import (
     ConfigError,
     EmptyTrace,
     ExitCode,
+    MiniportUnavailable,
     NothingToReplay,
     OutputExists,
     OutputUnwritable,
@@ -149,6 +150,20 @@ def _(exc: ToolMissing) -> str:
         f"{exc.tool} is not installed, and it is needed for {exc.purpose}; "
         f"install the OS package '{exc.package}' (Debian/Ubuntu: sudo apt-get install {exc.package})"
     )
+
+
+@describe.register
+def _(exc: MiniportUnavailable) -> str:
+    import errno
+
+    head = f"the {exc.miniport} miniport cannot get {exc.what} ({exc.reason})"
+    if exc.errno == errno.ENOENT and "/dev/net/tun" in exc.what:
+        remedy = "load the tun module (sudo modprobe tun), or in a container pass it in (--device /dev/net/tun)"
+    elif exc.errno in (errno.EPERM, errno.EACCES):
+        remedy = "it needs root or the CAP_NET_ADMIN and CAP_SYS_ADMIN capabilities: run as root (e.g. with sudo)"
+    else:
+        remedy = "check the host's TUN/TAP and network namespace support"
+    return f"{head}; {remedy}, or replay with --miniport loopback"
 
 
 @describe.register
@@ -694,6 +709,12 @@ def _engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="The miniport at the bottom of the stack (`ndis-replay miniports` lists them).",
         ),
         click.option(
+            "--tap-device",
+            metavar="NAME",
+            help="With the tap miniport (implied): write to this existing TAP/TUN device, in the current network "
+            "namespace, instead of a device of the run's own in a private namespace. One strategy per run.",
+        ),
+        click.option(
             "--completion",
             default="sync",
             show_default=True,
@@ -715,7 +736,11 @@ def _engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _resolve(
-    strategy_names: Sequence[str], miniport_name: str, completion: str, config_path: Path | None
+    strategy_names: Sequence[str],
+    miniport_name: str,
+    completion: str,
+    config_path: Path | None,
+    tap_device: str | None = None,
 ) -> tuple[list[StrategySpec], RunOptions]:
     """Strategy specs and the base run options, validated before any trace is read."""
     from ndis_replay.engine.config import load_config, resolve_miniport, resolve_strategy
@@ -731,8 +756,20 @@ def _resolve(
             strategy = resolve_strategy(name, config)
             cls = type(strategy)
             specs.append(StrategySpec(name, cls, strategy.params, cls.name))
+        if tap_device is not None:
+            if miniport_name not in ("loopback", "tap"):  # loopback: the default, not chosen
+                raise ConfigError("--tap-device", tap_device, f"needs the tap miniport, not {miniport_name!r}")
+            if len(specs) > 1:
+                raise ConfigError(
+                    "--tap-device", tap_device, "takes one strategy per run (a device takes one writer at a time)"
+                )
+            miniport_name = "tap"
         miniport = resolve_miniport(miniport_name, config)
-    mspec = MiniportSpec(type(miniport).name, type(miniport), miniport.params)
+    params = miniport.params
+    if tap_device is not None:
+        params = dataclasses.replace(params, device=tap_device)  # type: ignore[call-arg]
+        params.validate()
+    mspec = MiniportSpec(type(miniport).name, type(miniport), params)
     return specs, RunOptions(miniport=mspec, completion=policy, command=tuple(_argv()))
 
 
@@ -801,6 +838,18 @@ def _findings_cell(s: StrategyResult) -> Text:
     return Text("0", style="green")
 
 
+def _delivery_cell(delivery: dict[str, int] | None) -> Text:
+    """The far side of a device-backed miniport: frames delivered intact of those written, and what went wrong."""
+    if delivery is None:
+        return Text("—")
+    text = f"{delivery.get('delivered', 0):,}/{delivery.get('frames', 0):,}"
+    if not delivery.get("problems"):
+        return Text(text, style="green")
+    names = ("dropped", "corrupted", "reordered", "unexpected", "refused", "socket_drops")
+    wrong = ", ".join(f"{delivery[n]:,} {n.replace('_', ' ')}" for n in names if delivery.get(n))
+    return Text(f"{text} ({wrong})", style="bold red")
+
+
 def _wide_console() -> Console:
     """stdout; 150 columns when it is not a terminal and COLUMNS is unset (logs of CI jobs, ``make demo``)."""
     console = Console(highlight=False)
@@ -836,6 +885,9 @@ def _render_run(result: RunResult, out: Path | None) -> None:
     columns += ["allocs", "copied", "locks", "peak"]
     if modelled:
         columns.append("modelled")
+    far_side = any(s.delivery is not None for s in result.strategies)
+    if far_side:
+        columns.append("far side")
     columns.append("findings")
     for col in columns:
         table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
@@ -861,6 +913,8 @@ def _render_run(result: RunResult, out: Path | None) -> None:
         ]
         if modelled:
             row.append(_fmt_ns(s.modelled_ns_per_packet))
+        if far_side:
+            row.append(_delivery_cell(s.delivery))
         row.append(_findings_cell(s))
         table.add_row(*row)
     console.print(table)
@@ -874,9 +928,36 @@ def _render_run(result: RunResult, out: Path | None) -> None:
         notes.append(f"modelled cost: profile {result.cost_profile['name']!r}")
     if notes:
         console.print(Text(" · ".join(notes), style="dim"))
+    for line in _pace_lines(result):
+        console.print(Text(line, style="dim"))
     _render_findings(console, result)
     if out is not None:
         console.print(Text(f"results: {out}"))
+
+
+def _rate_text(pps: float | None, mbps: float | None) -> str:
+    if pps is None:
+        return "—"
+    return f"{pps:,.0f} packets/s ({mbps or 0:,.2f} Mbit/s)"
+
+
+def _pace_lines(result: RunResult) -> list[str]:
+    """Under a paced run: the requested rate, then per strategy the achieved rate and how late calls started."""
+    if result.check_only or result.pacing == "asap":
+        return []
+    req = result.requested_rate or {}
+    lines = [f"pacing {result.pacing}: requested {_rate_text(req.get('packets_per_s'), req.get('mbit_per_s'))}"]
+    for s in result.strategies:
+        pace = s.pace
+        if not pace:
+            continue
+        achieved = _rate_text(pace.get("packets_per_s"), pace.get("mbit_per_s"))
+        lines.append(
+            f"  {str(s.name).translate(_CONTROL)}: achieved {achieved}, "
+            f"calls late p50 {_fmt_ns(pace.get('lateness_p50_ns'))} p99 {_fmt_ns(pace.get('lateness_p99_ns'))} "
+            f"max {_fmt_ns(pace.get('lateness_max_ns'))}"
+        )
+    return lines
 
 
 def _render_findings(console: Console, result: RunResult) -> None:
@@ -1011,13 +1092,14 @@ def _write_reports(
     "--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Warm-up rounds (timed, not kept)."
 )
 @click.option(
-    "--pacing",
-    default="asap",
-    show_default=True,
+    "--pace",
+    "pace",
     metavar="RULE",
-    help="When each send call starts: asap, original (the trace's own gaps), xN (N times the captured rate), "
-    "pps=N. Paced latency is measured from the scheduled time.",
+    help="When each send call starts: asap (default), original (the trace's own gaps), xN (N times the captured "
+    "rate), pps=N, mbps=N (link-layer bytes). Paced latency is measured from the scheduled time; the requested and "
+    "achieved rates and how late calls started are reported.",
 )
+@click.option("--pacing", "pacing", metavar="RULE", hidden=True, help="Old name of --pace (still accepted).")
 @click.option(
     "--cost-profile",
     "cost_profile_path",
@@ -1052,9 +1134,11 @@ def run(
     completion: str,
     batching: str,
     config_path: Path | None,
+    tap_device: str | None,
     rounds: int,
     warmup: int,
-    pacing: str,
+    pace: str | None,
+    pacing: str | None,
     cost_profile_path: Path | None,
     out: Path | None,
     wire: Path | None,
@@ -1084,6 +1168,9 @@ def run(
     from ndis_replay.runner import run_trace
 
     parse_batching(batching)
+    if pace is not None and pacing is not None and pace != pacing:
+        raise ConfigError("--pacing", pacing, "is the old name of --pace; give one of them")
+    rule = parse_pacing(pace or pacing or "asap")
     # the baseline is checked before any replay: a run that cannot be compared is refused up front
     threshold = _threshold(threshold_text, baseline)
     base_run: RunResult | None = None
@@ -1093,11 +1180,9 @@ def run(
         if len(traces) > 1:
             raise ConfigError("--baseline", str(baseline), "compares one run; give one TRACE")
         base_run = load(baseline)
-    specs, options = _resolve(strategy_names, miniport_name, completion, config_path)
+    specs, options = _resolve(strategy_names, miniport_name, completion, config_path, tap_device)
     profile = CostProfile.from_toml(cost_profile_path) if cost_profile_path is not None else None
-    options = dataclasses.replace(
-        options, rounds=rounds, warmup=warmup, pacing=parse_pacing(pacing), cost_profile=profile, pin=pin
-    )
+    options = dataclasses.replace(options, rounds=rounds, warmup=warmup, pacing=rule, cost_profile=profile, pin=pin)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     several = len(traces) > 1
     plan: list[tuple[Path, Path, dict[str, Path]]] = []
@@ -1168,6 +1253,7 @@ def verify(
     completion: str,
     batching: str,
     config_path: Path | None,
+    tap_device: str | None,
     as_json: bool,
     reader: str,
     dissect: bool,
@@ -1182,7 +1268,7 @@ def verify(
     from ndis_replay.runner import run_trace
 
     parse_batching(batching)
-    specs, options = _resolve(strategy_names, miniport_name, completion, config_path)
+    specs, options = _resolve(strategy_names, miniport_name, completion, config_path, tap_device)
     options = dataclasses.replace(options, check_only=True, baseline=False, keep_packets=False)
     trace = _load(trace_file, reader, dissect, strict, batching)
     _print_warnings(trace)
@@ -1293,10 +1379,20 @@ def strategies_cmd(config_path: Path | None, as_json: bool) -> None:
 
 @cli.command("miniports")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def miniports_cmd(as_json: bool) -> None:
+@click.option(
+    "--cleanup",
+    is_flag=True,
+    help="Instead of listing: remove the network namespaces (ndis-replay-*) that runs of the tap miniport left "
+    "behind when killed outright, and with them their devices.",
+)
+def miniports_cmd(as_json: bool, cleanup: bool) -> None:
     """List the miniports — built-in and plugins (entry-point group ndis_replay.miniports) — with their parameters,
     and the completion policies."""
     from ndis_replay.engine.miniports import COMPLETION_CHOICES, MINIPORTS
+
+    if cleanup:
+        _cleanup_namespaces(as_json)
+        return
 
     with _plugin_warnings():
         entries = []
@@ -1316,6 +1412,21 @@ def miniports_cmd(as_json: bool) -> None:
         click.echo(json.dumps({"miniports": entries, "completion": list(COMPLETION_CHOICES)}, indent=2, default=str))
         return
     _render_catalogue("miniport", entries, f"completion policies (--completion): {', '.join(COMPLETION_CHOICES)}")
+
+
+def _cleanup_namespaces(as_json: bool) -> None:
+    from ndis_replay.engine.miniports import netns
+
+    done = netns.cleanup()
+    if as_json:
+        click.echo(json.dumps({"removed": list(done.removed), "in_use": list(done.in_use)}, indent=2))
+        return
+    for name in done.removed:
+        click.echo(f"removed network namespace {name}")
+    for name in done.in_use:
+        click.echo(f"kept network namespace {name}: the run that made it is still going")
+    if not done.removed and not done.in_use:
+        click.echo("no network namespace of ndis-replay was left behind")
 
 
 # --- compare -----------------------------------------------------------------------------------------------------

@@ -211,3 +211,16 @@ class OutputUnwritable(EnvironmentProblem):
         super().__init__(path, reason)
         self.path = str(path)
         self.reason = reason
+
+
+class MiniportUnavailable(EnvironmentProblem):
+    """A device-backed miniport cannot have what it needs: ``what`` (a network namespace, ``/dev/net/tun``, a TAP
+    device) failed with ``reason`` (the OS's text) and ``errno`` (EPERM/EACCES: a privilege is missing; ENOENT: the
+    device or module is missing)."""
+
+    def __init__(self, miniport: str, what: str, reason: str, errno: int = 0) -> None:
+        super().__init__(miniport, what, reason, errno)
+        self.miniport = miniport
+        self.what = what
+        self.reason = reason
+        self.errno = errno

@@ -18,7 +18,9 @@ Format version history (also in the README):
 2 — ``trace`` gains ``interfaces`` (id, linktype, name, description), ``comments`` (the capture's comments, at most
 1,000) with ``comment_count``, and ``measured`` (the driver's own latency when the trace has completions, else
 null), and the summary's percentiles are nearest rank (version 1 interpolated linearly), as everywhere in the reports
-(issue 4). Version 1 directories are still read: the report treats the missing fields as absent.
+(issue 4). Version 1 directories are still read: the report treats the missing fields as absent. Later, still
+version 2 (optional fields, absent from older files and read as None): ``requested_rate`` and each strategy's
+``pace`` (achieved rate and lateness, issue 6).
 """
 
 from __future__ import annotations
@@ -101,6 +103,40 @@ def latency_summary(
     return out
 
 
+#: What the achieved rate is measured over (recorded with it in run.json).
+PACE_SPAN = "first call's scheduled start (asap: actual start) to last call's start; packets of every call but the last"
+
+
+def lateness(lag_ns: np.ndarray[Any, Any]) -> dict[str, float | None]:
+    """p50, p99 (nearest rank) and max of how late calls started against their schedule, ns."""
+    if not lag_ns.size:
+        return {"lateness_p50_ns": None, "lateness_p99_ns": None, "lateness_max_ns": None}
+    return {
+        "lateness_p50_ns": float(np.quantile(lag_ns, 0.5, method="inverted_cdf")),
+        "lateness_p99_ns": float(np.quantile(lag_ns, 0.99, method="inverted_cdf")),
+        "lateness_max_ns": float(lag_ns.max()),
+    }
+
+
+def pace_summary(rounds: Sequence[dict[str, Any]], lags: Sequence[np.ndarray[Any, Any]]) -> dict[str, Any]:
+    """The achieved rate and the lateness over the measured rounds: ``rounds`` holds each round's
+    {"round", "packets_per_s", "mbit_per_s", lateness…}; the run's rate is the median of the rounds', its lateness
+    the percentiles of every call of every paced round pooled (``lags``: one array per round; empty under asap)."""
+
+    def median(key: str) -> float | None:
+        values = [r[key] for r in rounds if r.get(key) is not None]
+        return float(np.median(values)) if values else None
+
+    pooled = np.concatenate(lags) if lags else np.empty(0, dtype=np.int64)
+    return {
+        "span": PACE_SPAN,
+        "packets_per_s": median("packets_per_s"),
+        "mbit_per_s": median("mbit_per_s"),
+        **lateness(pooled),
+        "rounds": [dict(r) for r in rounds],
+    }
+
+
 def per_packet(totals: dict[str, int], packets: int) -> dict[str, float]:
     """Counts divided by packets."""
     return {name: (value / packets if packets else 0.0) for name, value in totals.items()}
@@ -151,6 +187,13 @@ class StrategyResult:
     #: each measured round's {"round", "start_ns", "end_ns"} (perf_counter_ns: one clock for every process of the
     #: host, so the interleaving of strategies is visible)
     round_times: list[dict[str, int]] = field(default_factory=list)
+    #: :func:`pace_summary` of the measured rounds: achieved rate and, when paced, lateness; None when not timed
+    #: (and in files written before it existed)
+    pace: dict[str, Any] | None = None
+    #: device-backed miniports (tap): the far side's frame counts over the checked pass and every round — frames,
+    #: delivered, dropped, corrupted, reordered, unexpected, refused, socket_drops, passes, problems; None (or
+    #: absent in older files) for an in-process miniport. Optional: added within format version 2 (issue 6)
+    delivery: dict[str, int] | None = None
 
 
 @dataclass
@@ -179,6 +222,9 @@ class RunResult:
     #: not measured
     measurement_overhead: dict[str, Any] | None
     strategies: list[StrategyResult]
+    #: the rate the pacing asks for, {"packets_per_s", "mbit_per_s", "span_s"} over the scheduled span; None for
+    #: asap, a schedule of no length, and files written before it existed
+    requested_rate: dict[str, float | None] | None = None
     format_version: int = RESULTS_FORMAT_VERSION
     packets: pl.DataFrame | None = field(default=None, repr=False, compare=False)
 
@@ -215,11 +261,13 @@ class RunResult:
         declared type (a hand-edited or damaged file is refused with the field named, not half-read)."""
         names = {f.name for f in dataclasses.fields(cls)} - {"packets"}
         strategy_names = {f.name for f in dataclasses.fields(StrategyResult)}
-        missing = sorted(n for n in names if n not in doc and n != "format_version")
+        # a field with a default was added after the format version: older files lack it and it takes the default
+        required = {f.name for f in dataclasses.fields(cls) if f.default is f.default_factory is dataclasses.MISSING}
+        missing = sorted(n for n in names & required if n not in doc)
         if missing:
             raise ResultsError(source, f"run.json lacks {', '.join(missing)}")
         hints = typing.get_type_hints(cls)
-        for name in sorted(names - {"strategies", "format_version"}):
+        for name in sorted((names & doc.keys()) - {"strategies", "format_version"}):
             _check_type(doc[name], hints[name], name, source)
         if not isinstance(doc["strategies"], list):
             raise ResultsError(source, "run.json field strategies is not a list")
@@ -381,6 +429,7 @@ def load(folder: str | Path, *, packets: bool = True) -> RunResult:
 
 __all__ = [
     "MODELLED_COLUMN",
+    "PACE_SPAN",
     "PACKETS_PARQUET",
     "PACKET_SCHEMA",
     "PERCENTILES",
@@ -390,7 +439,9 @@ __all__ = [
     "RunResult",
     "StrategyResult",
     "latency_summary",
+    "lateness",
     "load",
+    "pace_summary",
     "per_packet",
     "save",
 ]

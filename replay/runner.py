@@ -26,7 +26,9 @@ import multiprocessing.connection
 import os
 import pickle
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,12 +43,15 @@ from ndis_replay.engine.miniports.base import CompletionPolicy
 from ndis_replay.engine.ndis.counters import COUNT_FIELDS, CostProfile
 from ndis_replay.engine.replay import (
     ASAP,
+    DELIVERY_PROBLEMS,
     HARNESS_RULES,
     CheckOutcome,
     Pacing,
     ReplayInput,
     RoundOutcome,
     TimerCalibration,
+    delivery_problems,
+    rate_over,
 )
 from ndis_replay.engine.verifier import ERROR, RULES, Finding
 from ndis_replay.errors import ConfigError
@@ -58,6 +63,8 @@ from ndis_replay.results import (
     RunResult,
     StrategyResult,
     latency_summary,
+    lateness,
+    pace_summary,
     per_packet,
 )
 from ndis_replay.trace import Trace
@@ -218,8 +225,13 @@ class _Track:
     builds: list[np.ndarray[Any, Any]] = field(default_factory=list)
     sends: list[np.ndarray[Any, Any]] = field(default_factory=list)
     walls: list[int] = field(default_factory=list)
+    #: each measured round's achieved rate and lateness (pace_summary's rows) and, when paced, its calls' lateness
+    paces: list[dict[str, Any]] = field(default_factory=list)
+    lags: list[np.ndarray[Any, Any]] = field(default_factory=list)
     last_gauges: dict[str, int] = field(default_factory=dict)
     finished: dict[str, Any] = field(default_factory=dict)
+    #: the far side's counts summed over the checked pass and every round (device-backed miniports), else None
+    delivery: dict[str, int] | None = None
 
     @property
     def runnable(self) -> bool:
@@ -318,10 +330,20 @@ def run_trace(
     folder = Path(tempfile.mkdtemp(prefix="ndis-replay-input-"))
     wire_tmp: dict[str, Path] = {}
     workers: list[_Worker] = []
+    miniport_cls = options.miniport.cls
+    prepared: MiniportSpec | None = None
+    previous_term = _terminate_raises()
     try:
         inp = ReplayInput.write(trace, folder, path)
         sends = trace.frame["linktype"].filter(trace.frame["direction"] != "recv")
         linktype = int(sends[0]) if len(sends) else 1
+        # run-scoped miniport setup (tap: the private network namespace), undone in the finally below
+        run_params = miniport_cls.prepare_run(
+            options.miniport.params,
+            [int(t) for t in sends.unique().sort()],
+            str(path if path is not None else trace.meta.source),
+        )
+        prepared = MiniportSpec(options.miniport.name, miniport_cls, run_params)
         ctx = mp_context(sorted({s.cls.__module__ for s in strategies} | {options.miniport.cls.__module__}))
         cpu = timed_cpu() if options.pin and not options.check_only else None
         tracks: list[_Track] = []
@@ -334,7 +356,7 @@ def run_trace(
             job = WorkerJob(
                 input_dir=str(folder),
                 strategy=spec,
-                miniport=options.miniport,
+                miniport=prepared,
                 completion=options.completion,
                 pacing=options.pacing,
                 cost_profile=options.cost_profile,
@@ -347,7 +369,7 @@ def run_trace(
             tracks.append(_Track(spec.name, spec, worker))
         baseline: _Worker | None = None
         if options.baseline and not options.check_only:
-            job = WorkerJob(str(folder), None, options.miniport, options.completion, options.pacing, timed_cpu=cpu)
+            job = WorkerJob(str(folder), None, prepared, options.completion, options.pacing, timed_cpu=cpu)
             baseline = _Worker(ctx, "(no-op)", job)
             workers.append(baseline)
 
@@ -389,6 +411,7 @@ def run_trace(
                 try:
                     outcome: CheckOutcome = track.worker.recv("checked")
                     track.check = outcome
+                    _add_delivery(track, outcome.delivery, None)
                     if outcome.failure is not None:
                         track.failure = outcome.failure
                 except WorkerDied:
@@ -417,7 +440,7 @@ def run_trace(
                     _worker_died(track, f"{'warm-up' if warm else 'measured'} round {number + 1}")
                     tick(label)
                     continue
-                _take_round(track, outcome_r, options.keep_packets)
+                _take_round(track, outcome_r, options.keep_packets, inp)
                 tick(label)
 
         for track in [*tracks, *([floor] if floor is not None else [])]:
@@ -440,11 +463,52 @@ def run_trace(
         for tmp in wire_tmp.values():
             tmp.unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
+        try:
+            if prepared is not None:
+                miniport_cls.finish_run(prepared.params)  # after the workers: nothing holds its devices now
+        finally:
+            if previous_term is not None:
+                signal.signal(signal.SIGTERM, previous_term)
 
 
-def _take_round(track: _Track, outcome: RoundOutcome, keep: bool) -> None:
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _terminate_raises() -> Any:
+    """Make SIGTERM raise SystemExit(143) in the main thread, so that a run's ``finally`` (workers, temporary files,
+    the tap miniport's namespace) runs as on Ctrl-C; returns the previous handler (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        return None  # the embedding program handles SIGTERM itself
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    return previous
+
+
+def _add_delivery(track: _Track, counts: dict[str, int] | None, label: str | None) -> None:
+    """Add one pass's far-side counts to the strategy's; a timed round's problems become one WIRE-DELIVERY finding
+    (the checked pass has its own, per frame)."""
+    if counts is None:
+        return
+    total = track.delivery if track.delivery is not None else {}
+    for name, value in counts.items():
+        total[name] = total.get(name, 0) + int(value)
+    total["passes"] = total.get("passes", 0) + 1
+    track.delivery = total
+    problems = delivery_problems(counts)
+    if label is not None and problems:
+        detail = ", ".join(f"{counts[n]} {n}" for n in DELIVERY_PROBLEMS if counts.get(n))
+        track.extra_findings.append(
+            Finding("WIRE-DELIVERY", -1, label, f"of {counts.get('frames', 0)} frames written: {detail}", ERROR)
+        )
+
+
+def _take_round(track: _Track, outcome: RoundOutcome, keep: bool, inp: ReplayInput) -> None:
     """File one round's outcome (measured rounds are kept; every round can end the strategy's timing)."""
     track.last_gauges = outcome.gauges or track.last_gauges
+    _add_delivery(track, outcome.delivery, f"{'warm-up' if outcome.warmup else 'round'} {outcome.number + 1}")
     if outcome.error is not None:
         track.failure = "not-completed" if outcome.error.rule == "NOT-COMPLETED" else "timed-exception"
         track.extra_findings.append(outcome.error)
@@ -453,6 +517,11 @@ def _take_round(track: _Track, outcome: RoundOutcome, keep: bool) -> None:
         return
     track.latencies.append(outcome.latency_ns)
     track.walls.append(outcome.end_ns - outcome.start_ns)
+    pps, mbps = rate_over(inp, outcome.span_ns)
+    lag = outcome.lag_ns if outcome.lag_ns is not None else np.empty(0, dtype=np.int64)
+    track.paces.append({"round": outcome.number, "packets_per_s": pps, "mbit_per_s": mbps, **lateness(lag)})
+    if outcome.lag_ns is not None:
+        track.lags.append(outcome.lag_ns)
     if keep:
         track.rounds.append(outcome)
         track.builds.append(outcome.build_ns)
@@ -473,6 +542,13 @@ def _take_round(track: _Track, outcome: RoundOutcome, keep: bool) -> None:
                 outcome.gauges,
             )
         )
+
+
+def _delivery_record(counts: dict[str, int] | None) -> dict[str, int] | None:
+    """run.json's ``delivery`` of a strategy: the far side's counts over every pass, ``problems`` their sum."""
+    if counts is None:
+        return None
+    return {**counts, "problems": delivery_problems(counts)}
 
 
 def _timer_dict(timer: TimerCalibration | None) -> dict[str, int]:
@@ -535,6 +611,8 @@ def _strategy_result(track: _Track, inp: ReplayInput, options: RunOptions) -> St
         stats=dict(track.finished.get("stats") or (check.stats if check is not None else {})),
         check_seconds=check.seconds if check is not None else 0.0,
         round_times=[{"round": r.number, "start_ns": r.start_ns, "end_ns": r.end_ns} for r in measured],
+        pace=pace_summary(track.paces, track.lags) if timed else None,
+        delivery=_delivery_record(track.delivery),
     )
 
 
@@ -614,8 +692,21 @@ def _result(
         timer_overhead_ns=int(np.median(timers)) if timers else None,
         measurement_overhead=overhead,
         strategies=strategies,
+        requested_rate=_requested_rate(options, inp),
         packets=packets,
     )
+
+
+def _requested_rate(options: RunOptions, inp: ReplayInput) -> dict[str, float | None] | None:
+    """run.json's ``requested_rate``: the pacing's rate over its scheduled span; None for asap or no span."""
+    if options.check_only or options.pacing.kind == "asap":
+        return None
+    pps, mbps = options.pacing.requested(inp)
+    if pps is None:
+        return None
+    offsets = options.pacing.offsets(inp)
+    span = int(offsets[-1]) if offsets is not None and len(offsets) else 0
+    return {"packets_per_s": pps, "mbit_per_s": mbps, "span_s": span / 1e9}
 
 
 __all__ = [

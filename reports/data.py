@@ -287,6 +287,31 @@ def fmt_ns(value: float | None) -> str:
     return f"{value / 1e6:,.2f} ms"
 
 
+def _fmt_rate(rate: dict[str, Any] | None) -> str:
+    pps = (rate or {}).get("packets_per_s")
+    if pps is None:
+        return "—"
+    return f"{pps:,.0f} packets/s ({(rate or {}).get('mbit_per_s') or 0:,.2f} Mbit/s)"
+
+
+def pace_notes(run: RunResult) -> list[str]:
+    """Under a paced run (not asap): the requested rate, and per timed strategy the achieved rate (median of the
+    rounds) and how late calls started (p50, p99, max over every call of every measured round). Files written
+    before these were recorded give the requested line with "—" and no strategy lines."""
+    if run.check_only or run.pacing == "asap":
+        return []
+    notes = [f"pacing {run.pacing}: requested {_fmt_rate(run.requested_rate)}"]
+    for s in run.strategies:
+        pace = s.pace
+        if pace:
+            late = [fmt_ns(pace.get(f"lateness_{q}_ns")) for q in ("p50", "p99", "max")]
+            notes.append(
+                f"{s.name}: achieved {_fmt_rate(pace)}; calls started late by p50 {late[0]}, p99 {late[1]}, "
+                f"max {late[2]}"
+            )
+    return notes
+
+
 def fmt_ratio(value: float | None) -> str:
     """``0.35×``; ``—`` for none."""
     if value is None or not math.isfinite(value):
@@ -568,6 +593,7 @@ def _view_run(
     result = gate(comparison.comparisons if comparison else (), findings)
     if run.check_only:
         notes.append("checked only (--check-only): nothing was timed")
+    notes.extend(pace_notes(run))
     if run.trace.get("synthetic_payload"):
         notes.append(
             "the trace has no packet bytes (a driver send/complete trace, or imported with --no-data): the replayed "
@@ -697,4 +723,5 @@ __all__ = [
     "choose_reference",
     "fmt_ns",
     "fmt_ratio",
+    "pace_notes",
 ]

@@ -7,6 +7,7 @@ class by reference and import it. Each subclasses a built-in and changes one thi
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,4 +206,24 @@ class AffinityProbe(ReuseStrategy):
         if not self._checked and not os.path.exists(self.params.path):
             with open(self.params.path, "w") as out:
                 out.write(" ".join(str(c) for c in sorted(os.sched_getaffinity(0))))
+        return super().build(call)
+
+
+# --- a stall in the middle of a timed round (tests/test_pacing.py) ----------------------------------------------
+
+#: The send call at which :class:`StallsOnce` stalls, and for how long (s).
+STALL_CALL = 100
+STALL_S = 0.020
+
+
+class StallsOnce(ReuseStrategy):
+    """``reuse`` that sleeps :data:`STALL_S` in the build of send call :data:`STALL_CALL` of every timed round (a
+    preempted or blocked driver): under pacing, the calls scheduled during the stall start late."""
+
+    name = "test-stalls-once"
+    summary = "reuse that stalls 20 ms once per timed round"
+
+    def build(self, call: SendCall) -> Any:
+        if not self._checked and call.call == STALL_CALL:
+            time.sleep(STALL_S)
         return super().build(call)

@@ -1,9 +1,8 @@
-"""Miniports: the built-in ``loopback`` and the ``ndis_replay.miniports`` entry-point plugins.
+"""Miniports: the built-ins ``loopback`` and ``tap`` and the ``ndis_replay.miniports`` entry-point plugins.
 
 ``MINIPORTS`` is the registry; :func:`get_miniport` looks a name up (ConfigError with the valid choices when
 unknown), :func:`available` lists them. A third-party miniport is a :class:`Miniport` subclass published under the
-entry-point group ``ndis_replay.miniports`` (``tap = "pkg.module:TapMiniport"``). The planned TAP-backed miniport
-is a later issue; it plugs in here.
+entry-point group ``ndis_replay.miniports`` (``tap = "pkg.module:TapMiniport"``).
 """
 
 from __future__ import annotations
@@ -26,8 +25,9 @@ ENTRY_POINT_GROUP = "ndis_replay.miniports"
 
 def _builtins() -> list[type[Miniport]]:
     from ndis_replay.engine.miniports.loopback import LoopbackMiniport
+    from ndis_replay.engine.miniports.tap import TapMiniport
 
-    return [LoopbackMiniport]
+    return [LoopbackMiniport, TapMiniport]
 
 
 #: name → Miniport subclass (built-ins, then plugins)

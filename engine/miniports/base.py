@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     import numpy
 
     from ndis_replay.engine.ndis import Ndis
+    from ndis_replay.engine.replay import ReplayInput
+    from ndis_replay.engine.verifier import Finding
 
 #: what ``--completion`` accepts (ConfigError lists these)
 COMPLETION_CHOICES = ("sync", "deferred", "batched:N (e.g. batched:8)", "delay:DURATION (e.g. delay:50us)")
@@ -225,6 +227,31 @@ class Miniport(ABC):
     @abstractmethod
     def close(self) -> None:
         """MiniportHaltEx: nothing may be pending."""
+
+    # --- device-backed miniports (optional hooks; the in-process loopback uses none) ----------------------------
+
+    @classmethod
+    def prepare_run(cls, params: MiniportParams, linktypes: Sequence[int], trace: str) -> MiniportParams:
+        """Run-scoped setup, called once in the parent before any worker starts (``tap``: creates the private
+        network namespace and proves a device can be made in it). Returns the parameters the workers get (they
+        name what was set up); :meth:`finish_run` receives them. ``linktypes`` are those of the replayed packets,
+        ``trace`` names the trace in errors."""
+        return params
+
+    @classmethod  # noqa: B027 - optional hook, nothing to undo by default
+    def finish_run(cls, params: MiniportParams) -> None:
+        """Undo :meth:`prepare_run`, in the parent, after every worker has ended — also on error, Ctrl-C and
+        SIGTERM."""
+
+    def expect(self, inp: ReplayInput) -> None:  # noqa: B027 - optional hook
+        """The replayed packets, before :meth:`begin`: a miniport that reads its frames back on the far side of a
+        device checks them against these."""
+
+    def delivery(self) -> tuple[dict[str, int], list[Finding]] | None:
+        """After :meth:`drain`: what the far side of the device received since :meth:`begin`, checked against
+        the trace — counts (frames, delivered, dropped, corrupted, reordered, unexpected, …) and WIRE-DELIVERY
+        findings. None for a miniport without a far side."""
+        return None
 
 
 __all__ = [

@@ -64,7 +64,7 @@ def test_builtins() -> None:
         assert cls.name == name and cls.ndis_version in (5, 6) and cls.summary and cls.describe()
         for field_name, (_, help_text) in cls.Params.field_docs().items():
             assert help_text, f"{name}.{field_name} has no help"
-    assert MINIPORTS.available() == ["loopback"]
+    assert MINIPORTS.available() == ["loopback", "tap"]
     assert get_miniport("loopback") is LoopbackMiniport
 
 
@@ -93,8 +93,8 @@ def test_unknown_names() -> None:
     assert "reuse" in error.value.choices
     assert error.value.exit_code == ExitCode.USAGE
     with pytest.raises(ConfigError) as error:
-        get_miniport("tap")
-    assert error.value.choices == ("loopback",)
+        get_miniport("tap0")
+    assert error.value.choices == ("loopback", "tap")
 
 
 def test_params_validation() -> None:
@@ -197,7 +197,9 @@ def test_variants(tmp_path: Path) -> None:
             ("strategy.NAME", "miniport.NAME"),
             id="unknown-section",
         ),
-        pytest.param("[miniport.tap]\n", "cfg.toml [miniport.tap]", "tap", ("loopback",), id="unknown-miniport"),
+        pytest.param(
+            "[miniport.tap0]\n", "cfg.toml [miniport.tap0]", "tap0", ("loopback", "tap"), id="unknown-miniport"
+        ),
         pytest.param(
             "[miniport.loopback]\nmtu = 10\n",
             "cfg.toml [miniport.loopback] mtu",
