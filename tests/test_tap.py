@@ -8,6 +8,7 @@ one line. Tests skip only where the kernel refuses TAP devices or namespaces to 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -264,3 +265,35 @@ def test_unprivileged_cleanup_gets_exit_4() -> None:
         assert len(done.stderr.splitlines()) == 1 and "root" in done.stderr
     finally:
         netns.remove(name)
+
+
+def test_tap_device_uses_the_users_device_and_leaves_it(tmp_path: Path) -> None:
+    """--tap-device: the run writes to a device the user made (here: in a namespace this test creates, the CLI run
+    inside it) and leaves it as it found it — still there, same MTU and state, no harness namespace made."""
+    from pyroute2 import NetNS
+    from pyroute2 import netns as pyroute_netns
+
+    name = f"ndis-replay-test-{secrets.token_hex(3)}"
+    pyroute_netns.create(name)
+    try:
+        with NetNS(name) as ns:
+            ns.link("add", ifname="usertap0", kind="tuntap", mode="tap")
+            (index,) = ns.link_lookup(ifname="usertap0")
+            ns.link("set", index=index, mtu=1400, state="up")
+            before = ns.get_links(index)[0]
+        out = tmp_path / "res"
+        result = subprocess.run(
+            [str(_script()), "run", str(SAMPLES / "small_packets.pcapng"), "-s", "reuse", "--tap-device", "usertap0",
+             "--rounds", "1", "--out", str(out)],
+            capture_output=True, text=True, timeout=300, preexec_fn=lambda: pyroute_netns.setns(name),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        delivery = RunResult.from_dict(json.loads((out / "run.json").read_text())).strategies[0].delivery
+        assert delivery is not None and delivery["dropped"] == 0 and delivery["corrupted"] == 0
+        assert delivery["delivered"] == delivery["frames"] > 0
+        with NetNS(name) as ns:
+            after = ns.get_links(ns.link_lookup(ifname="usertap0")[0])[0]
+        assert after.get_attr("IFLA_MTU") == before.get_attr("IFLA_MTU") == 1400
+        assert after["flags"] & 1  # still up (IFF_UP), as the user left it
+    finally:
+        pyroute_netns.remove(name)
