@@ -90,7 +90,7 @@ def test_pktmon_all_components_is_the_pcapng_export() -> None:
         pytest.param(
             ("inspect", SONDE),
             ExitCode.BAD_INPUT,
-            ("no packet events found", "×9", "--event-map"),
+            ("no packet events found", "sonde-gateway ×9", "--event-map"),
             id="no-packet-events",
         ),
         pytest.param(

@@ -8,6 +8,7 @@ The caller builds the trace with ``time_order=True``: ETL buffers are per CPU, s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
 from collections import Counter
@@ -45,6 +46,27 @@ def _count_events(batch: EventBatch, counts: Counter[tuple[int, int, int]]) -> N
             counts[(glo, ghi, v)] += k
 
 
+def _learn_names(batch: EventBatch, names: dict[uuid.UUID, str]) -> None:
+    """Name the batch's TraceLogging providers from their PROV_TRAITS item (one event of each provider not yet
+    named), so that refusals and ``inspect`` say "sonde-gateway", not a GUID."""
+    from ndis_replay.importers.etw.events import EXT_PROV_TRAITS
+    from ndis_replay.importers.etw.tracelogging import TraceLoggingError, parse_provider_traits
+
+    rows = np.flatnonzero(batch.ext_offset >= 0)
+    if not len(rows):
+        return
+    _, first = np.unique(np.stack([batch.guid_lo[rows], batch.guid_hi[rows]], axis=1), axis=0, return_index=True)
+    for i in rows[first].tolist():
+        guid = batch.provider(i)
+        if guid in names:
+            continue
+        for ext_type, data in batch.extended_items(i):
+            if ext_type == EXT_PROV_TRAITS:
+                with contextlib.suppress(TraceLoggingError):  # a damaged name: the GUID stands in
+                    names[guid] = parse_provider_traits(data)
+                break
+
+
 def _guid(lo: int, hi: int) -> uuid.UUID:
     return uuid.UUID(bytes_le=lo.to_bytes(8, "little") + hi.to_bytes(8, "little"))
 
@@ -74,10 +96,12 @@ def read_packet_etl(
     ndis = NdisCapDecoder(builder)
     pktmon = PktMonDecoder(builder)
     counts: Counter[tuple[int, int, int]] = Counter()
+    names: dict[uuid.UUID, str] = dict(PROVIDER_NAMES)
     for batch in reader.batches():
         if not len(batch):
             continue
         _count_events(batch, counts)
+        _learn_names(batch, names)
         rows = np.flatnonzero(batch.provider_mask(NDIS_PROVIDER))
         if len(rows):
             ndis.feed(batch, rows)
@@ -90,11 +114,11 @@ def read_packet_etl(
     for (lo, hi, eid), n in sorted(counts.items()):
         guid = _guid(lo, hi)
         per_provider[guid] += n
-        events.append({"provider": PROVIDER_NAMES.get(guid, str(guid)), "guid": str(guid), "event_id": eid, "count": n})
+        events.append({"provider": names.get(guid, str(guid)), "guid": str(guid), "event_id": eid, "count": n})
     ndis_packets = sum(counts[(*guid_key(NDIS_PROVIDER), e)] for e in NDIS_PACKET_EVENTS)
     pktmon_packets = sum(counts[(*guid_key(PKTMON_PROVIDER), e)] for e in PKTMON_PACKET_EVENTS)
     if not ndis_packets and not pktmon_packets:
-        there = ", ".join(f"{PROVIDER_NAMES.get(g, str(g))} ×{n}" for g, n in per_provider.most_common()) or "none"
+        there = ", ".join(f"{names.get(g, str(g))} ×{n}" for g, n in per_provider.most_common()) or "none"
         raise TraceFormatError(
             builder.path,
             f"no packet events found: neither {NDIS_PROVIDER_NAME} (1001/1003) nor {PKTMON_PROVIDER_NAME} "
