@@ -95,6 +95,17 @@ def _run(rv: RunView, report: Report, several: bool) -> list[str]:
                 )
             )
         lines.append("")
+    measured = rv.measured or {}
+    if measured.get("packets"):
+        lines.append(
+            f"Measured by the driver (send → completion, {measured['packets']:,} packets): "
+            f"p50 {fmt_ns(measured.get('p50_ns'))}, p99 {fmt_ns(measured.get('p99_ns'))}, "
+            f"max {fmt_ns(measured.get('max_ns'))}."
+        )
+        lines.append("")
+    if rv.notes:
+        lines += [f"- {md_escape(note)}" for note in rv.notes]
+        lines.append("")
     findings = [(s, f) for s in rv.strategies for f in s.findings[: min(MARKDOWN_FINDINGS, FINDINGS_SHOWN)]]
     if findings:
         lines += ["**Verifier findings** (first of each strategy; all in run.json):", ""]

@@ -143,7 +143,7 @@ def test_driver_trace_report_shows_measured_beside_replayed(tmp_path: Path) -> N
     html = tmp_path / "report.html"
     result = run(
         "run", etl, "--event-map", DRIVER_MAP, "-s", "alloc", "-s", "reuse", "--rounds", "1", "--out",
-        tmp_path / "res", "--report", html,
+        tmp_path / "res", "--report", html, "--markdown", tmp_path / "summary.md",
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert "synthesized frames" in result.stderr
@@ -154,6 +154,9 @@ def test_driver_trace_report_shows_measured_beside_replayed(tmp_path: Path) -> N
     page = html.read_text()
     assert 'data-chart="measured-vs-replayed"' in page and "measured by the driver" in page
     assert re.search(r"synthesized at the recorded lengths", page)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Measured by the driver (send → completion, 200 packets)" in summary and "max 24.90 µs" in summary
+    assert "synthesized at the recorded lengths" in summary
 
 
 def test_csv_with_missing_columns_is_one_line(tmp_path: Path) -> None:
