@@ -6,9 +6,9 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SOURCES := $(shell find replay importers engine reports -name '*.py' -not -path '*/__pycache__/*') pyproject.toml
+SOURCES := $(shell find replay importers engine reports \( -name '*.py' -o -name '*.c' -o -name '*.h' \) -not -path '*/__pycache__/*') pyproject.toml
 
-.PHONY: demo test lint typecheck samples bench-import bench-replay bench-report bench-etl bench-stats bench-tap tshark browser clean
+.PHONY: demo test lint typecheck samples bench-import bench-replay bench-report bench-etl bench-stats bench-tap tshark browser valgrind clean
 
 $(BIN)/python:
 	@$(PY) -m venv $(VENV) 2>/dev/null || { \
@@ -36,8 +36,9 @@ demo: $(VENV)/.runtime
 	  --report out/demo-report.html
 	@echo "The report: $(CURDIR)/out/demo-report.html (open it in a browser; it needs no network)"
 
-## test: install what the tests need (Python packages, tshark, chromium), then lint, type-check and run the suite
-test: $(VENV)/.test tshark browser
+## test: install what the tests need (Python packages, tshark, chromium, valgrind), then lint, type-check and run the
+##       suite (the native core is built by pip install: a C compiler is needed, as for the install itself)
+test: $(VENV)/.test tshark browser valgrind
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -48,6 +49,12 @@ tshark:
 	  $(SUDO) apt-get update -qq && \
 	  echo "wireshark-common wireshark-common/install-setuid boolean false" | $(SUDO) debconf-set-selections && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq tshark >/dev/null; }
+
+# tests/test_native.py runs the native core under valgrind memcheck (its ASan/UBSan build needs only gcc)
+valgrind:
+	@command -v valgrind >/dev/null 2>&1 || { \
+	  echo "valgrind is missing: installing the Debian package valgrind"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq valgrind >/dev/null; }
 
 # The HTML report's acceptance test (tests/test_report_browser.py) renders it in Debian's chromium, driven by
 # playwright: `playwright install` would download a browser build instead, which a closed network cannot fetch.

@@ -21,6 +21,13 @@ timer calibration (median of back-to-back pairs). ``floor/p50``: the no-op strat
 harness reports for a strategy that does nothing: that reading plus the build and submit calls themselves, which
 any strategy pays; an upper bound.
 
+Native core (issue 7): with the core built, each strategy it implements (``reuse``, ``alloc``) runs twice in the
+same run, interleaved — ``NAME/python`` and ``NAME/native`` — and a native table follows: packets/s and median
+latency per strategy for both engines, the latency ratio ``alloc``/``reuse`` in each engine, and the native
+measurement overhead (the native clock's back-to-back cost and the native no-op loop's median latency, run in this
+process) as a share of each native median. Targets: ≥ 5,000,000 packets/s for native ``reuse`` (batching none),
+overhead < 20% of the median latency. ``--engine python`` runs the Python engine only, as before.
+
 ``--profile STRATEGY`` instead runs that strategy's timed round in this process under cProfile and splits the time
 between strategy code, the NDIS model, the miniport and the loop; the per-call build/send split is printed too.
 
@@ -30,6 +37,7 @@ Run ``python bench/replay_bench.py [--packets 1000000] [--rounds 3] [--json resu
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -50,6 +58,8 @@ REFERENCE = "alloc"
 TARGET_PPS = 200_000
 TARGET_OVERHEAD = 0.10
 TARGET_MEMORY = 2e9
+TARGET_NATIVE_PPS = 5_000_000
+TARGET_NATIVE_OVERHEAD = 0.20
 
 
 def load_trace(path: Path, packets: int) -> Any:
@@ -61,18 +71,109 @@ def load_trace(path: Path, packets: int) -> Any:
     return trace
 
 
-def specs(names: Sequence[str]) -> list[Any]:
+def specs(names: Sequence[str], both: bool = False) -> list[Any]:
+    """One spec per strategy; with ``both``, those the native core implements twice: ``NAME/python`` and
+    ``NAME/native`` (each forced to its engine), the others once (Python)."""
+    from ndis_replay.engine.native import NATIVE_STRATEGIES  # type: ignore[import-not-found, unused-ignore]
     from ndis_replay.engine.strategies import get_strategy  # type: ignore[import-not-found, unused-ignore]
     from ndis_replay.worker import StrategySpec  # type: ignore[import-not-found, unused-ignore]
 
     out = []
     for name in names:
         cls = get_strategy(name)
-        out.append(StrategySpec(name, cls, cls.Params(), name))
+        if both and name in NATIVE_STRATEGIES:
+            out.append(StrategySpec(f"{name}/python", cls, cls.Params(), name, engine="python"))
+            out.append(StrategySpec(f"{name}/native", cls, cls.Params(), name, engine="native"))
+        else:
+            out.append(StrategySpec(name, cls, cls.Params(), name, engine="python"))
     return out
 
 
-def run_one(trace: Any, names: Sequence[str], rounds: int, warmup: int, check: bool) -> Any:
+def native_floor(trace: Any, rounds: int) -> dict[str, Any]:
+    """The native no-op loop's median latency (median over rounds) and the native clock's cost, in this process."""
+    import numpy as np
+
+    from ndis_replay.engine.native import (  # type: ignore[import-not-found, unused-ignore]
+        NativeBaseline,
+        calibrate_clock,
+        core,
+    )
+    from ndis_replay.engine.replay import ReplayInput  # type: ignore[import-not-found, unused-ignore]
+
+    floor = NativeBaseline(ReplayInput.from_trace(trace))
+    floor.timed_round(0, True)
+    p50 = float(np.median([np.median(floor.timed_round(r, False).latency_ns) for r in range(rounds)]))
+    clock = calibrate_clock()
+    return {
+        "floor_p50_ns": p50,
+        "clock_median_ns": clock.median_ns,
+        "clock_min_ns": clock.min_ns,
+        "clock": core().CLOCK,
+    }
+
+
+def native_rows(rows: list[dict[str, Any]], floor: dict[str, Any]) -> list[dict[str, Any]]:
+    """Native beside Python per strategy: packets/s, p50, overhead shares (native), and alloc/reuse p50 ratios."""
+    by_name = {r["strategy"]: r for r in rows}
+    out = []
+    for base in ("reuse", "alloc"):
+        py, nat = by_name.get(f"{base}/python"), by_name.get(f"{base}/native")
+        if py is None or nat is None:
+            continue
+        row = {
+            "strategy": base,
+            "python_pps": py["packets_per_s"],
+            "native_pps": nat["packets_per_s"],
+            "python_p50_ns": py["p50_ns"],
+            "native_p50_ns": nat["p50_ns"],
+        }
+        if nat["p50_ns"]:
+            row["native_clock_share"] = floor["clock_median_ns"] / nat["p50_ns"]
+            row["native_floor_share"] = floor["floor_p50_ns"] / nat["p50_ns"]
+        out.append(row)
+    pairs = {r["strategy"]: r for r in out}
+    if "reuse" in pairs and "alloc" in pairs:
+        for engine in ("python", "native"):
+            reuse, alloc = pairs["reuse"][f"{engine}_p50_ns"], pairs["alloc"][f"{engine}_p50_ns"]
+            if reuse and alloc:
+                pairs["alloc"][f"{engine}_ratio_vs_reuse"] = alloc / reuse
+    return out
+
+
+def _cell(row: dict[str, Any], key: str, spec: str = ",.0f") -> str:
+    value = row.get(key)
+    return "—" if value is None else format(value, spec)
+
+
+def print_native(rows: list[dict[str, Any]], floor: dict[str, Any], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in ("strategy", "python pkt/s", "native pkt/s", "python p50", "native p50", "p50 alloc/reuse py",
+                "p50 alloc/reuse native", "clock/p50", "floor/p50"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for r in rows:
+        fmt = functools.partial(_cell, r)
+        table.add_row(
+            r["strategy"],
+            fmt("python_pps"),
+            fmt("native_pps"),
+            fmt("python_p50_ns"),
+            fmt("native_p50_ns"),
+            fmt("python_ratio_vs_reuse", ".2f"),
+            fmt("native_ratio_vs_reuse", ".2f"),
+            "—" if "native_clock_share" not in r else f"{100 * r['native_clock_share']:.0f}%",
+            "—" if "native_floor_share" not in r else f"{100 * r['native_floor_share']:.0f}%",
+        )
+    Console(width=150).print(table)
+    print(
+        f"native clock: {floor['clock']}; back-to-back {floor['clock_median_ns']} ns (min {floor['clock_min_ns']}); "
+        f"native no-op loop p50 {floor['floor_p50_ns']:.0f} ns"
+    )
+
+
+def run_one(trace: Any, names: Sequence[str], rounds: int, warmup: int, check: bool, both: bool = False) -> Any:
     from ndis_replay.engine.miniports import CompletionPolicy, get_miniport  # type: ignore[import-not-found, unused-ignore]
     from ndis_replay.runner import RunOptions, run_trace  # type: ignore[import-not-found, unused-ignore]
     from ndis_replay.worker import MiniportSpec  # type: ignore[import-not-found, unused-ignore]
@@ -93,7 +194,7 @@ def run_one(trace: Any, names: Sequence[str], rounds: int, warmup: int, check: b
     def progress(what: str, done: int, total: int) -> None:
         print(f"  [{done:>3}/{total}] {time.perf_counter() - started:7.1f} s  {what}", flush=True)
 
-    return run_trace(trace, specs(names), options, progress=progress)
+    return run_trace(trace, specs(names, both), options, progress=progress)
 
 
 def round_pps(strategy: Any, packets: int) -> list[float]:
@@ -105,7 +206,7 @@ def rows_for(result: Any) -> list[dict[str, Any]]:
     packets = result.trace["replayed"]
     floor = result.measurement_overhead or {}
     floor_p50 = floor.get("p50_ns")
-    reference = next((s for s in result.strategies if s.name == REFERENCE), None)
+    reference = next((s for s in result.strategies if s.name in (REFERENCE, f"{REFERENCE}/python")), None)
     rows = []
     for s in result.strategies:
         summary = s.summary or {}
@@ -129,6 +230,7 @@ def rows_for(result: Any) -> list[dict[str, Any]]:
             ratios = [a / b for a, b in zip(round_pps(s, packets), round_pps(reference, packets), strict=False)]
             row["ratio_vs_reference"] = statistics.median(ratios)
             row["ratio_range"] = (min(ratios), max(ratios))
+        row["engine"] = s.engine
         rows.append(row)
     rows.append(
         {
@@ -262,6 +364,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where the pcap is kept (bench/data/)")
     parser.add_argument("--profile", metavar="STRATEGY", help="profile one strategy's timed round instead")
+    parser.add_argument(
+        "--engine",
+        choices=("both", "python"),
+        default="both",
+        help="both (default when the native core is built): native beside Python for reuse and alloc",
+    )
     args = parser.parse_args(argv)
     if args.packets < 1 or args.rounds < 1 or args.warmup < 0:
         parser.error("--packets and --rounds must be at least 1, --warmup at least 0")
@@ -286,11 +394,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "checked": args.check,
         "runs": {},
     }
+    from ndis_replay.engine import native  # type: ignore[import-not-found, unused-ignore]
+
+    both = args.engine == "both" and native.available()
+    if args.engine == "both" and not both:
+        print(f"note: the native core is not built ({native.import_error()}): Python engine only")
     verdicts: list[str] = []
     worst_memory = 0
     for batching in batchings:
         print(f"batching {batching}:", flush=True)
-        result = run_one(trace.with_batching(batching), names, args.rounds, args.warmup, args.check)
+        result = run_one(trace.with_batching(batching), names, args.rounds, args.warmup, args.check, both)
         rows = rows_for(result)
         title = (
             f"{len(trace):,} packets, batching {batching} ({result.trace['calls']:,} calls), sync completion; "
@@ -299,15 +412,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print_table(rows, title)
         report["runs"][batching] = {"rows": rows, "timer_overhead_ns": result.timer_overhead_ns}
+        if both:
+            floor = native_floor(trace.with_batching(batching), args.rounds)
+            nrows = native_rows(rows, floor)
+            print_native(nrows, floor, f"native core beside Python, batching {batching}, sync completion")
+            report["runs"][batching]["native"] = {"rows": nrows, **floor}
+            for r in nrows:
+                if r["strategy"] == "reuse" and batching == "none" and r["native_pps"]:
+                    met = r["native_pps"] >= TARGET_NATIVE_PPS
+                    verdicts.append(
+                        f"native reuse, batching none: {r['native_pps']:,.0f} packets/s (target ≥ "
+                        f"{TARGET_NATIVE_PPS:,}) — {'met' if met else 'NOT met'}"
+                    )
+                if "native_floor_share" in r:
+                    share = r["native_floor_share"]
+                    verdicts.append(
+                        f"batching {batching}: native measurement overhead (no-op loop p50 {floor['floor_p50_ns']:.0f}"
+                        f" ns; clock {floor['clock_median_ns']} ns per reading) = {100 * share:.0f}% of native "
+                        f"{r['strategy']}'s p50 — {'met' if share < TARGET_NATIVE_OVERHEAD else 'NOT met'} "
+                        "(target < 20%)"
+                    )
         worst_memory = max([worst_memory, *(r["peak_rss_bytes"] or 0 for r in rows)])
-        reuse = next((r for r in rows if r["strategy"] == "reuse"), None)
+        reuse = next((r for r in rows if r["strategy"] in ("reuse", "reuse/python")), None)
         if reuse is not None and batching == "none" and reuse["packets_per_s"]:
             met = reuse["packets_per_s"] >= TARGET_PPS
             verdicts.append(
                 f"reuse, batching none: {reuse['packets_per_s']:,.0f} packets/s (target ≥ {TARGET_PPS:,}) — "
                 f"{'met' if met else 'NOT met'}"
             )
-        shares = [(r["timer_share"], r["strategy"]) for r in rows if "timer_share" in r]
+        # the Python engine's verdicts (the native rows have their own, below the native table)
+        shares = [(r["timer_share"], r["strategy"]) for r in rows if "timer_share" in r and r.get("engine") != "native"]
         if shares:
             worst, who = max(shares)
             verdicts.append(
@@ -315,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{result.timer_overhead_ns} ns) at most {100 * worst:.1f}% of a median latency ({who}) — "
                 f"{'met' if worst < TARGET_OVERHEAD else 'NOT met'} (target < 10%)"
             )
-        floors = [(r["floor_share"], r["strategy"]) for r in rows if "floor_share" in r]
+        floors = [(r["floor_share"], r["strategy"]) for r in rows if "floor_share" in r and r.get("engine") != "native"]
         if floors:
             worst, who = max(floors)
             verdicts.append(

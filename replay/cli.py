@@ -38,6 +38,7 @@ from ndis_replay.errors import (
     EmptyTrace,
     ExitCode,
     MiniportUnavailable,
+    NativeCoreMissing,
     NothingToReplay,
     OutputExists,
     OutputUnwritable,
@@ -142,6 +143,14 @@ def _(exc: OutputExists) -> str:
 @describe.register
 def _(exc: OutputUnwritable) -> str:
     return f"cannot write {exc.path}: {exc.reason}; nothing was written"
+
+
+@describe.register
+def _(exc: NativeCoreMissing) -> str:
+    return (
+        f"the native core is not built ({exc.reason}); reinstall with a C compiler present (pip install -e .), "
+        "or run with --engine python"
+    )
 
 
 @describe.register
@@ -724,6 +733,13 @@ def _engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         _batching_option,
         click.option(
+            "--engine",
+            type=click.Choice(["native", "python"]),
+            default=None,
+            help="What runs the timed rounds: the compiled core (default when built; strategies it does not implement "
+            "run in Python) or the Python model. The checked pass is always the Python model.",
+        ),
+        click.option(
             "--config",
             "config_path",
             type=click.Path(path_type=Path, dir_okay=False),
@@ -741,8 +757,10 @@ def _resolve(
     completion: str,
     config_path: Path | None,
     tap_device: str | None = None,
+    engine: str | None = None,
 ) -> tuple[list[StrategySpec], RunOptions]:
-    """Strategy specs and the base run options, validated before any trace is read."""
+    """Strategy specs and the base run options, validated before any trace is read. ``engine`` None: native when
+    the core is built (else Python, with a note)."""
     from ndis_replay.engine.config import load_config, resolve_miniport, resolve_strategy
     from ndis_replay.engine.miniports import CompletionPolicy
     from ndis_replay.runner import RunOptions
@@ -770,7 +788,16 @@ def _resolve(
         params = dataclasses.replace(params, device=tap_device)  # type: ignore[call-arg]
         params.validate()
     mspec = MiniportSpec(type(miniport).name, type(miniport), params)
-    return specs, RunOptions(miniport=mspec, completion=policy, command=tuple(_argv()))
+    from ndis_replay.engine import native
+
+    if engine == "native" and not native.available():
+        raise NativeCoreMissing(native.import_error())
+    if engine is None:
+        engine = "native" if native.available() else "python"
+        if engine == "python":
+            click.echo("note: the native core is not built; timed rounds run in Python (--engine python)", err=True)
+    options = RunOptions(miniport=mspec, completion=policy, command=tuple(_argv()), engine=engine)
+    return specs, options
 
 
 def _argv() -> list[str]:
@@ -881,7 +908,7 @@ def _render_run(result: RunResult, out: Path | None) -> None:
     )
     columns = ["strategy", "packets"]
     if not result.check_only:
-        columns += ["p50", "p99", "p99.9", "max", "packets/s"]
+        columns += ["p50", "p99", "p99.9", "max", "packets/s", "engine"]
     columns += ["allocs", "copied", "locks", "peak"]
     if modelled:
         columns.append("modelled")
@@ -903,6 +930,7 @@ def _render_run(result: RunResult, out: Path | None) -> None:
                 _fmt_ns(summary.get("p999_ns")),
                 _fmt_ns(summary.get("max_ns")),
                 "—" if pps is None else f"{pps:,.0f}",
+                s.engine or "—",
             ]
         peak = max(s.peak_outstanding.get("nbl", 0), s.peak_outstanding.get("packet", 0))
         row += [
@@ -1135,6 +1163,7 @@ def run(
     batching: str,
     config_path: Path | None,
     tap_device: str | None,
+    engine: str | None,
     rounds: int,
     warmup: int,
     pace: str | None,
@@ -1180,7 +1209,7 @@ def run(
         if len(traces) > 1:
             raise ConfigError("--baseline", str(baseline), "compares one run; give one TRACE")
         base_run = load(baseline)
-    specs, options = _resolve(strategy_names, miniport_name, completion, config_path, tap_device)
+    specs, options = _resolve(strategy_names, miniport_name, completion, config_path, tap_device, engine)
     profile = CostProfile.from_toml(cost_profile_path) if cost_profile_path is not None else None
     options = dataclasses.replace(options, rounds=rounds, warmup=warmup, pacing=rule, cost_profile=profile, pin=pin)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -1254,6 +1283,7 @@ def verify(
     batching: str,
     config_path: Path | None,
     tap_device: str | None,
+    engine: str | None,
     as_json: bool,
     reader: str,
     dissect: bool,
@@ -1268,7 +1298,7 @@ def verify(
     from ndis_replay.runner import run_trace
 
     parse_batching(batching)
-    specs, options = _resolve(strategy_names, miniport_name, completion, config_path, tap_device)
+    specs, options = _resolve(strategy_names, miniport_name, completion, config_path, tap_device, engine)
     options = dataclasses.replace(options, check_only=True, baseline=False, keep_packets=False)
     trace = _load(trace_file, reader, dissect, strict, batching)
     _print_warnings(trace)

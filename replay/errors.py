@@ -204,6 +204,15 @@ class ToolFailed(EnvironmentProblem):
         self.detail = detail
 
 
+class NativeCoreMissing(EnvironmentProblem):
+    """``--engine native`` was asked for and the compiled core (``ndis_replay.engine.native._core``) is not built;
+    ``reason`` is the import error."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class OutputUnwritable(EnvironmentProblem):
     """The output could not be written (read-only folder, full disk, …)."""
 

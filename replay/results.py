@@ -194,6 +194,9 @@ class StrategyResult:
     #: delivered, dropped, corrupted, reordered, unexpected, refused, socket_drops, passes, problems; None (or
     #: absent in older files) for an in-process miniport. Optional: added within format version 2 (issue 6)
     delivery: dict[str, int] | None = None
+    #: what ran the timed rounds: "native" (the compiled core) or "python"; None when not timed (and in files
+    #: written before it existed: those ran Python). Optional: added within format version 2 (issue 7)
+    engine: str | None = None
 
 
 @dataclass

@@ -101,6 +101,23 @@ class RunOptions:
     command: tuple[str, ...] = ()
     #: run every timed round on one CPU (:func:`~ndis_replay.worker.timed_cpu`); False leaves it to the scheduler
     pin: bool = True
+    #: what runs the timed rounds: "native" (the compiled core, for the strategies it implements; the others run
+    #: in Python) or "python" (programs keep the Python engine unless they ask; the CLI's default is native when
+    #: the core is built). The checked pass is always Python.
+    engine: str = "python"
+
+
+def timed_engine(spec: StrategySpec, miniport: MiniportSpec, engine: str) -> str:
+    """What runs ``spec``'s timed rounds under the ``engine`` option (or the spec's own ``engine``): "native" when
+    asked for (or "auto") and the core implements this strategy with these parameters on this miniport, else
+    "python"."""
+    engine = spec.engine or engine
+    if engine == "python":
+        return "python"
+    from ndis_replay.engine.native import unsupported_reason
+
+    reason = unsupported_reason(spec.cls, spec.params, miniport.cls, miniport.params)
+    return "python" if reason is not None else "native"
 
 
 def severity(rule: str) -> str:
@@ -363,13 +380,18 @@ def run_trace(
                 wire_path=str(wire_path) if wire_path else None,
                 linktype=linktype,
                 timed_cpu=cpu,
+                engine=timed_engine(spec, prepared, options.engine),
             )
             worker = _Worker(ctx, spec.name, job)
             workers.append(worker)
             tracks.append(_Track(spec.name, spec, worker))
         baseline: _Worker | None = None
         if options.baseline and not options.check_only:
-            job = WorkerJob(str(folder), None, prepared, options.completion, options.pacing, timed_cpu=cpu)
+            # the floor of the engine the strategies run on: native only when every one of them does
+            floor_engine = "native" if all(t.worker.job.engine == "native" for t in tracks) else "python"
+            job = WorkerJob(
+                str(folder), None, prepared, options.completion, options.pacing, timed_cpu=cpu, engine=floor_engine
+            )
             baseline = _Worker(ctx, "(no-op)", job)
             workers.append(baseline)
 
@@ -613,6 +635,7 @@ def _strategy_result(track: _Track, inp: ReplayInput, options: RunOptions) -> St
         round_times=[{"round": r.number, "start_ns": r.start_ns, "end_ns": r.end_ns} for r in measured],
         pace=pace_summary(track.paces, track.lags) if timed else None,
         delivery=_delivery_record(track.delivery),
+        engine=track.worker.job.engine if timed else None,
     )
 
 
@@ -652,6 +675,7 @@ def _result(
     if floor is not None and floor.latencies:
         overhead = latency_summary(floor.latencies, floor.builds, floor.sends, floor.walls, inp.packets)
         overhead["timer"] = _timer_dict(floor.worker.timer)
+        overhead["engine"] = floor.worker.job.engine
         overhead["worker_peak_rss_bytes"] = floor.finished.get("peak_rss_bytes")
     miniport_info: dict[str, Any] = next((dict(t.check.miniport_info) for t in tracks if t.check), {})
     packets = None

@@ -47,6 +47,9 @@ class StrategySpec:
     cls: type[Strategy]
     params: StrategyParams
     base: str
+    #: the engine this strategy's timed rounds must run on ("native" / "python"), overriding RunOptions.engine
+    #: (benchmarks put both engines side by side in one run); None follows the run's option
+    engine: str | None = None
 
     def make(self) -> Strategy:
         """A fresh instance."""
@@ -83,6 +86,9 @@ class WorkerJob:
     #: vCPUs run at different speeds at times; workers timed on different CPUs spread by ±40-50%, on one CPU ±4-10%
     #: (bench/stats_bench.py, README "Compare").
     timed_cpu: int | None = None
+    #: what runs the timed rounds: "native" (the compiled core; the parent asks for it only when the core
+    #: implements the strategy, :func:`~ndis_replay.runner.timed_engine`) or "python". The checked pass is Python.
+    engine: str = "python"
 
 
 def main(conn: Connection, job: WorkerJob) -> None:
@@ -101,13 +107,17 @@ def main(conn: Connection, job: WorkerJob) -> None:
 
 def _serve(conn: Connection, job: WorkerJob) -> None:
     from ndis_replay.engine.miniports.base import PcapWire
+    from ndis_replay.engine.native import NativeBaseline, NativeReplayer, calibrate_clock, native_name
     from ndis_replay.engine.replay import LoopBaseline, ReplayInput, StrategyReplayer, calibrate_timer
     from ndis_replay.host import peak_rss_bytes
 
     inp = ReplayInput.load(job.input_dir)
     replayer: StrategyReplayer | LoopBaseline
+    timed: StrategyReplayer | LoopBaseline | NativeReplayer | NativeBaseline
+    native = job.engine == "native"
     if job.strategy is None:
         replayer = LoopBaseline(inp, job.pacing)
+        timed = NativeBaseline(inp) if native else replayer
     else:
         replayer = StrategyReplayer(
             inp,
@@ -117,7 +127,20 @@ def _serve(conn: Connection, job: WorkerJob) -> None:
             pacing=job.pacing,
             cost_profile=job.cost_profile,
         )
-    timer = calibrate_timer()
+        timed = replayer
+        if native:
+            from ndis_replay.engine.miniports.loopback import LoopbackParams
+
+            mparams = job.miniport.params
+            timed = NativeReplayer(
+                inp,
+                native_name(job.strategy.cls),
+                job.strategy.params,
+                job.completion,
+                pacing=job.pacing,
+                from_current_mdl=isinstance(mparams, LoopbackParams) and mparams.from_current_mdl,
+            )
+    timer = calibrate_clock() if native else calibrate_timer()
     # what exists now (the input, the send calls, the modules) lives as long as the worker: out of the collector's
     # reach, so the collection before each round only walks what earlier rounds left
     gc.collect()
@@ -141,9 +164,9 @@ def _serve(conn: Connection, job: WorkerJob) -> None:
                     wire.close()
             conn.send(("checked", outcome))
         elif kind == "round":
-            conn.send(("round", replayer.timed_round(int(message[1]), bool(message[2]))))
+            conn.send(("round", timed.timed_round(int(message[1]), bool(message[2]))))
         elif kind == "finish":
-            stats = replayer.close_timed() if isinstance(replayer, StrategyReplayer) else {}
+            stats = timed.close_timed() if isinstance(timed, StrategyReplayer | NativeReplayer) else {}
             conn.send(("finished", {"stats": stats, "peak_rss_bytes": peak_rss_bytes()}))
         elif kind == "stop":
             return

@@ -1,0 +1,347 @@
+"""The native core: timed rounds of the built-in strategies as compiled C (``_core``, built by ``pip install``).
+
+The Python model (:mod:`ndis_replay.engine.ndis`, the strategies, the loopback miniport) stays the readable
+reference and the verifier; the checked pass always runs it. The core replaces only the timed loop, for the
+combinations :func:`unsupported_reason` accepts, and counts exactly what the model counts
+(``tests/test_native.py`` proves it call by call and byte by byte).
+
+What is native so far: the NDIS 6 structures at their x64 DDK sizes, NBL pools with lookaside free lists over
+the C heap, the fixed-size MDL lookaside, NdisAllocateMdl/IoAllocateMdl & co, NdisSendNetBufferLists and the
+completion path, the loopback miniport (sync, deferred, batched:N, delay:D; a wire capture for tests), and the
+strategies ``reuse`` (``header`` whole or split, with or without ``mdl_reuse``) and ``alloc`` (every parameter).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from itertools import pairwise
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ndis_replay.engine.ndis.counters import COUNT_FIELDS, GAUGE_FIELDS
+
+if TYPE_CHECKING:
+    from ndis_replay.engine.miniports.base import CompletionPolicy, MiniportParams
+    from ndis_replay.engine.replay import Pacing, ReplayInput, RoundOutcome, TimerCalibration
+    from ndis_replay.engine.strategies.base import StrategyParams
+
+#: what ``--engine`` accepts
+ENGINES = ("native", "python")
+#: the built-in strategies the core implements (registry names)
+NATIVE_STRATEGIES = ("reuse", "alloc")
+
+_core: ModuleType | None
+_import_error: str
+try:
+    _core = importlib.import_module("ndis_replay.engine.native._core")
+    _import_error = ""
+except ImportError as exc:  # not built (an install without a C compiler, a source checkout used in place)
+    _core = None
+    _import_error = str(exc)
+
+
+def available() -> bool:
+    """True when the compiled core is importable."""
+    return _core is not None
+
+
+def import_error() -> str:
+    """Why the core could not be imported ("" when it could)."""
+    return _import_error
+
+
+def core() -> ModuleType:
+    """The compiled module; :class:`RuntimeError` when it is missing (callers check :func:`available` first)."""
+    if _core is None:
+        raise RuntimeError(f"the native core is not built: {_import_error}")
+    return _core
+
+
+def native_name(strategy_cls: type) -> str:
+    """The core's name for a built-in strategy class (``reuse``, ``alloc``); ValueError for any other class."""
+    from ndis_replay.engine.strategies.alloc import AllocStrategy
+    from ndis_replay.engine.strategies.reuse import ReuseStrategy
+
+    if strategy_cls is ReuseStrategy:
+        return "reuse"
+    if strategy_cls is AllocStrategy:
+        return "alloc"
+    raise ValueError(f"{strategy_cls.__name__} has no native implementation")
+
+
+def _params(strategy: str, params: StrategyParams) -> tuple[int, int, int, int, int] | str:
+    """The core's five integer parameters, or why these parameters need the Python engine."""
+    values = params.as_dict()
+    if strategy == "reuse":
+        if values["header"] not in ("whole", "split"):
+            return f"reuse header={values['header']!r} is not native yet"
+        return (
+            int(values["pool_depth"]),
+            int(values["header"] == "split"),
+            int(values["mdl_reuse"]),
+            int(values["clear_oob"]),
+            int(values["reset_status"]),
+        )
+    if strategy == "alloc":
+        return (
+            int(values["context_size"]),
+            int(values["context_backfill"]),
+            int(values["split_header"]),
+            int(values["mdl_source"] == "locked"),
+            0,
+        )
+    return f"strategy {strategy!r} has no native implementation yet"
+
+
+def unsupported_reason(
+    strategy_cls: type, params: StrategyParams, miniport_cls: type, miniport_params: MiniportParams
+) -> str | None:
+    """None when the core can run this strategy on this miniport, else why not (one line)."""
+    from ndis_replay.engine.miniports.loopback import LoopbackMiniport
+    from ndis_replay.engine.strategies.alloc import AllocStrategy
+    from ndis_replay.engine.strategies.reuse import ReuseStrategy
+
+    if _core is None:
+        return "the native core is not built"
+    if miniport_cls is not LoopbackMiniport:
+        return f"miniport {getattr(miniport_cls, 'name', miniport_cls.__name__)!r} is not native yet"
+    # exactly the built-in classes: a subclass changes behaviour the C code does not have
+    if strategy_cls not in (ReuseStrategy, AllocStrategy):
+        return f"strategy {getattr(strategy_cls, 'name', strategy_cls.__name__)!r} has no native implementation yet"
+    converted = _params(native_name(strategy_cls), params)
+    return converted if isinstance(converted, str) else None
+
+
+def _completion(policy: CompletionPolicy) -> tuple[int, int, int]:
+    c = core()
+    kinds = {
+        "sync": c.COMPLETION_SYNC,
+        "deferred": c.COMPLETION_DEFERRED,
+        "batched": c.COMPLETION_BATCHED,
+        "delay": c.COMPLETION_DELAY,
+    }
+    return kinds[policy.kind], policy.count, policy.delay_ns
+
+
+def calibrate_clock(samples: int = 20_000) -> TimerCalibration:
+    """Median and minimum of ``samples`` back-to-back native clock readings (clock_gettime(CLOCK_MONOTONIC))."""
+    from ndis_replay.engine.replay import TimerCalibration
+
+    median, minimum = core().clock_calibration(samples)
+    return TimerCalibration(int(median), int(minimum), samples)
+
+
+def _i64(array: Any) -> np.ndarray[Any, np.dtype[np.int64]]:
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+@dataclass
+class NativeWire:
+    """What the native loopback gathered in one captured round: one tuple of frames (one per NB) per packet."""
+
+    packets: list[tuple[bytes, ...]]
+
+
+class NativeReplayer:
+    """Timed rounds of one built-in strategy in the native core: the counterpart of
+    :class:`~ndis_replay.engine.replay.StrategyReplayer`'s ``open_timed`` / ``timed_round`` / ``close_timed``,
+    with the same outputs (:class:`~ndis_replay.engine.replay.RoundOutcome`) computed the same way.
+
+    ``strategy`` is a registry name in :data:`NATIVE_STRATEGIES`; ``params`` its validated parameters.
+    """
+
+    engine = "native"
+
+    def __init__(
+        self,
+        inp: ReplayInput,
+        strategy: str,
+        params: StrategyParams,
+        completion: CompletionPolicy,
+        *,
+        pacing: Pacing | None = None,
+        from_current_mdl: bool = False,
+    ) -> None:
+        from ndis_replay.engine.replay import ASAP, DELAY_IN_FLIGHT
+
+        converted = _params(strategy, params)
+        if isinstance(converted, str):
+            raise ValueError(converted)
+        self.inp = inp
+        self.strategy = strategy
+        self.completion = completion
+        self.pacing = pacing or ASAP
+        self._converted = converted
+        self._from_current_mdl = from_current_mdl
+        in_flight = completion.max_in_flight(inp.max_call)
+        self._max_in_flight = max(inp.max_call, DELAY_IN_FLIGHT) if in_flight is None else in_flight
+        self.call_of = inp.call_of_packet()
+        offsets = self.pacing.offsets(inp)
+        self._offsets = None if offsets is None else _i64(offsets)
+        self._due = None if offsets is None else np.zeros(inp.calls, dtype=np.int64)
+        self._complete = np.full(inp.packets, -1, dtype=np.int64)
+        self._t0 = np.zeros(inp.calls, dtype=np.int64)
+        self._t1 = np.zeros(inp.calls, dtype=np.int64)
+        self._t2 = np.zeros(inp.calls, dtype=np.int64)
+        self._engine: Any = None
+        self.failed = False
+        #: counters right after bind (COUNT_FIELDS + GAUGE_FIELDS order)
+        self.bound_counters: tuple[int, ...] = ()
+        #: the last captured round's wire (``timed_round(capture=True)``)
+        self.wire: NativeWire | None = None
+        #: counters right after :meth:`close_timed` (drain and unbind counted)
+        self.closed_counters: tuple[int, ...] = ()
+
+    def open_timed(self) -> None:
+        """Bind the strategy in a fresh native runtime (pools, free lists); it serves every round."""
+        c = core()
+        kind, count, delay = _completion(self.completion)
+        which = c.STRATEGY_REUSE if self.strategy == "reuse" else c.STRATEGY_ALLOC
+        inp = self.inp
+        self._engine = c.Engine(
+            which,
+            self._converted,
+            kind,
+            count,
+            delay,
+            self._from_current_mdl,
+            inp.data,
+            _i64(inp.frame_offset),
+            _i64(inp.header_len),
+            _i64(inp.index),
+            _i64(inp.call_start),
+            self._max_in_flight,
+        )
+        self.bound_counters = tuple(self._engine.counters())
+
+    def counters(self) -> dict[str, int]:
+        """Every count and gauge of the native runtime now, by name."""
+        if self._engine is None:
+            self.open_timed()
+        return dict(zip(COUNT_FIELDS + GAUGE_FIELDS, self._engine.counters(), strict=True))
+
+    def timed_round(self, number: int, warmup: bool, *, capture: bool = False) -> RoundOutcome:
+        """One round in the core (GIL released); ``capture`` also gathers every NB's bytes into :attr:`wire`
+        (differential tests: never in a measured round)."""
+        from ndis_replay.engine.replay import RoundOutcome, exception_finding
+        from ndis_replay.engine.verifier import ERROR, Finding
+
+        if self._engine is None:
+            self.open_timed()
+        engine = self._engine
+        n_counts = len(COUNT_FIELDS)
+        before = engine.counters()
+        error: Finding | None = None
+        start = end = 0
+        try:
+            start, end, wire = engine.round(
+                self._t0, self._t1, self._t2, self._complete, self._offsets, self._due, capture
+            )
+        except (MemoryError, RuntimeError) as exc:
+            self.failed = True
+            unfinished = np.flatnonzero(self._t2 == 0)
+            at = int(self.inp.index[self.inp.call_start[unfinished[0]]]) if len(unfinished) else -1
+            error = exception_finding(exc, at, "timed round (native core)")
+            wire = None
+        if wire is not None:
+            data, lengths, nbs = wire
+            cuts = np.concatenate(([0], np.cumsum(np.frombuffer(lengths, dtype=np.int64)))).tolist()
+            frames = [data[a:b] for a, b in pairwise(cuts)]
+            per_packet = np.frombuffer(nbs, dtype=np.int64).tolist()
+            packets: list[tuple[bytes, ...]] = []
+            position = 0
+            for count in per_packet:
+                packets.append(tuple(frames[position : position + count]))
+                position += count
+            self.wire = NativeWire(packets)
+        after = engine.counters()
+        complete = self._complete
+        due = self._due
+        start_ref = self._t0 if due is None else due
+        span = int(self._t0[-1] - start_ref[0]) if error is None and self.inp.calls > 1 else 0
+        latency = complete - start_ref[self.call_of]
+        latency[complete < 0] = -1
+        if error is None and (complete < 0).any():
+            missing = int((complete < 0).sum())
+            first = int(self.inp.index[int(np.flatnonzero(complete < 0)[0])])
+            error = Finding("NOT-COMPLETED", first, "timed round", f"{missing} packets were never completed", ERROR)
+            self.failed = True
+        return RoundOutcome(
+            number=number,
+            warmup=warmup,
+            start_ns=int(start),
+            end_ns=int(end),
+            latency_ns=latency,
+            build_ns=self._t1 - self._t0,
+            send_ns=self._t2 - self._t1,
+            counts=dict(
+                zip(
+                    COUNT_FIELDS, (a - b for a, b in zip(after[:n_counts], before[:n_counts], strict=True)), strict=True
+                )
+            ),
+            gauges=dict(zip(GAUGE_FIELDS, after[n_counts:], strict=True)),
+            error=error,
+            lag_ns=None if due is None else self._t0 - due,
+            span_ns=span,
+        )
+
+    def close_timed(self) -> dict[str, int]:
+        """Drain and unbind (counted), then the strategy's own counts (pool_growth, failed_sends, …)."""
+        if self._engine is None:
+            return {}
+        engine = self._engine
+        stats = {str(k): int(v) for k, v in engine.stats().items()}
+        engine.close()
+        self.closed_counters = tuple(engine.counters())
+        self._engine = None
+        return stats
+
+
+class NativeBaseline:
+    """The native timed loop around a no-op strategy: the native harness floor (three clock readings and the
+    stores per call), the measurement overhead reported beside native strategies."""
+
+    engine = "native"
+
+    def __init__(self, inp: ReplayInput) -> None:
+        self.inp = inp
+        self._call_start = _i64(inp.call_start)
+        self._call_of = inp.call_of_packet()
+        self._complete = np.full(inp.packets, -1, dtype=np.int64)
+        self._t = [np.zeros(inp.calls, dtype=np.int64) for _ in range(3)]
+
+    def timed_round(self, number: int, warmup: bool) -> RoundOutcome:
+        """One round of the no-op loop."""
+        from ndis_replay.engine.replay import RoundOutcome
+
+        a0, a1, a2 = self._t
+        start, end = core().baseline_round(self._call_start, a0, a1, a2, self._complete)
+        return RoundOutcome(
+            number=number,
+            warmup=warmup,
+            start_ns=int(start),
+            end_ns=int(end),
+            latency_ns=self._complete - a0[self._call_of],
+            build_ns=a1 - a0,
+            send_ns=a2 - a1,
+            counts=dict.fromkeys(COUNT_FIELDS, 0),
+            gauges={},
+        )
+
+
+__all__ = [
+    "ENGINES",
+    "NATIVE_STRATEGIES",
+    "NativeBaseline",
+    "NativeReplayer",
+    "NativeWire",
+    "available",
+    "calibrate_clock",
+    "core",
+    "import_error",
+    "native_name",
+    "unsupported_reason",
+]

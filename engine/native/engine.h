@@ -1,0 +1,86 @@
+/* The native engine: the replay input as arrays, the loopback miniport, the strategies and the timed loop. */
+#ifndef NDIS_REPLAY_NATIVE_ENGINE_H
+#define NDIS_REPLAY_NATIVE_ENGINE_H
+
+#include "ndis.h"
+
+/* The replay input (engine/replay.py ReplayInput): n packets, C calls, one contiguous data buffer. */
+typedef struct _REPLAY_INPUT {
+    const uint8_t *data;
+    int64_t data_len;
+    const int64_t *frame_offset; /* [n + 1] */
+    const int64_t *header_len;   /* [n] */
+    const int64_t *index;        /* [n] */
+    const int64_t *call_start;   /* [C + 1] */
+    int64_t packets;
+    int64_t calls;
+    int64_t max_call;
+    int64_t max_frame;
+} REPLAY_INPUT;
+
+/* --- loopback miniport (engine/miniports/loopback.py) ------------------------------------------------------------ */
+#define COMPLETION_SYNC 0
+#define COMPLETION_DEFERRED 1
+#define COMPLETION_BATCHED 2
+#define COMPLETION_DELAY 3
+
+typedef struct _WIRE_CAPTURE {
+    uint8_t *bytes; /* every gathered NB's bytes, back to back */
+    int64_t used, capacity;
+    int64_t *lengths; /* one per NB */
+    int64_t *nbs;     /* NBs per NBL (one record per transmitted packet) */
+    int64_t frames, packets, frames_capacity, packets_capacity;
+} WIRE_CAPTURE;
+
+typedef struct _LOOPBACK {
+    NDIS_RT *rt;
+    int kind;
+    int64_t count;    /* batched:N */
+    int64_t delay_ticks; /* delay:D, in clock ticks (clock.h) */
+    int from_current_mdl;
+    /* per round: where completion times go ([n], NULL: no timing) and what was transmitted (NULL: gather nothing) */
+    int64_t *complete_ns;
+    int64_t completed;
+    WIRE_CAPTURE *wire;
+    /* pending work, FIFO, linked through MiniportReserved[0] (the miniport's own field): chain heads with their NBL
+     * count in MiniportReserved[1] and, under delay, the send time in Scratch (deferred, delay), or single NBLs
+     * (batched) */
+    NET_BUFFER_LIST *head, *tail;
+    int64_t queued; /* NBLs pending */
+} LOOPBACK;
+
+void LoopbackOpen(LOOPBACK *mp, NDIS_RT *rt, int kind, int64_t count, int64_t delay_ns, int from_current_mdl);
+void LoopbackPoll(LOOPBACK *mp);
+void LoopbackDrain(LOOPBACK *mp);
+
+/* --- strategies -------------------------------------------------------------------------------------------------- */
+#define STRATEGY_REUSE 1
+#define STRATEGY_ALLOC 2
+
+typedef struct _STRATEGY STRATEGY;
+struct _STRATEGY {
+    NDIS_RT *rt;
+    const REPLAY_INPUT *in;
+    void *binding;
+    NDIS_NBL_POOL *pool;
+    /* parameters: reuse (pool_depth, header split, mdl_reuse, clear_oob, reset_status); alloc (context_size,
+     * context_backfill, split_header, locked) */
+    int64_t p[5];
+    int64_t failed_sends;
+    int64_t pool_growth;
+    int64_t pool_size;
+    /* reuse: the driver's free list of NBLs (a stack; pop hands out the first allocated first) */
+    NET_BUFFER_LIST **free_nbls;
+    int64_t free_count, free_capacity;
+    uint32_t context_size; /* reuse: embedded MDL storage per NBL (mdl_reuse) */
+    uint32_t mdl_slot;     /* reuse: bytes per embedded MDL */
+    NET_BUFFER_LIST *(*build)(STRATEGY *s, int64_t call);
+    void (*submit)(STRATEGY *s, NET_BUFFER_LIST *chain);
+    void (*unbind)(STRATEGY *s);
+};
+
+/* binds (pools, the free list); 0 on success, -1 on invalid parameters, rt->failure on failed allocations */
+int StrategyBind(STRATEGY *s, int which, const int64_t p[5], NDIS_RT *rt, const REPLAY_INPUT *in,
+                 int64_t max_in_flight);
+
+#endif

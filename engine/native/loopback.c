@@ -1,0 +1,206 @@
+/* The loopback miniport of engine/miniports/loopback.py, NDIS 6 side: MiniportSendNetBufferLists writes each NBL's
+ * Status and completes per policy (sync: at once; deferred: one completion per send call on the next poll;
+ * batched:N: chains of N relinked by the miniport; delay:D: each send call once D has passed), FIFO throughout.
+ * Each NB's bytes are gathered from its MDL chain only when a wire capture is asked for (checked/differential
+ * use), never in a timed round. complete_ns[k] is read right after the completion call of packet k returns (in clock
+ * ticks: the engine converts them to ns after the round, clock.h). */
+#define _POSIX_C_SOURCE 200809L
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "clock.h"
+#include "engine.h"
+
+static int grow(void **buffer, int64_t *capacity, int64_t need, size_t item) {
+    if (need <= *capacity) return 0;
+    int64_t next = *capacity ? *capacity : 4096;
+    while (next < need) next *= 2;
+    void *bigger = realloc(*buffer, (size_t)next * item);
+    if (bigger == NULL) return -1;
+    *buffer = bigger;
+    *capacity = next;
+    return 0;
+}
+
+static int gather(LOOPBACK *mp, NET_BUFFER *nb) {
+    /* DMA: DataLength bytes from DataOffset along the MDL chain (or from CurrentMdl + CurrentMdlOffset) */
+    WIRE_CAPTURE *w = mp->wire;
+    int64_t start = w->used;
+    uint32_t remaining = nb->DataLength;
+    MDL *mdl;
+    uint32_t offset;
+    if (mp->from_current_mdl) {
+        mdl = nb->CurrentMdl;
+        offset = nb->CurrentMdlOffset;
+    } else {
+        mdl = nb->MdlChain;
+        offset = nb->DataOffset;
+        while (mdl != NULL && offset >= mdl->ByteCount) {
+            offset -= mdl->ByteCount;
+            mdl = mdl->Next;
+        }
+    }
+    if (grow((void **)&w->bytes, &w->capacity, w->used + remaining, 1)) return -1;
+    while (mdl != NULL && remaining > 0) {
+        uint32_t take = mdl->ByteCount - offset;
+        if (take > remaining) take = remaining;
+        if (take > 0) {
+            memcpy(w->bytes + w->used, (const uint8_t *)mdl->MappedSystemVa + offset, take);
+            w->used += take;
+            remaining -= take;
+        }
+        offset = 0;
+        mdl = mdl->Next;
+    }
+    if (grow((void **)&w->lengths, &w->frames_capacity, w->frames + 1, sizeof(int64_t))) return -1;
+    w->lengths[w->frames++] = w->used - start;
+    return 0;
+}
+
+static void transmit(LOOPBACK *mp, NET_BUFFER_LIST *chain) {
+    WIRE_CAPTURE *w = mp->wire;
+    for (NET_BUFFER_LIST *nbl = chain; nbl != NULL; nbl = nbl->Next) {
+        int64_t nbs = 0;
+        for (NET_BUFFER *nb = nbl->FirstNetBuffer; nb != NULL; nb = nb->Next, nbs++) {
+            if (gather(mp, nb)) {
+                mp->rt->failure = NDIS_FAIL_MEMORY;
+                mp->rt->failure_text = "loopback wire capture";
+                return;
+            }
+        }
+        if (grow((void **)&w->nbs, &w->packets_capacity, w->packets + 1, sizeof(int64_t))) {
+            mp->rt->failure = NDIS_FAIL_MEMORY;
+            mp->rt->failure_text = "loopback wire capture";
+            return;
+        }
+        w->nbs[w->packets++] = nbs;
+    }
+}
+
+static inline void stamp(LOOPBACK *mp, int64_t n) {
+    int64_t *stamps = mp->complete_ns;
+    int64_t k = mp->completed;
+    if (stamps != NULL) {
+        int64_t now = clock_ticks();
+        for (int64_t i = 0; i < n; i++) stamps[k + i] = now;
+    }
+    mp->completed = k + n;
+}
+
+static inline void enqueue(LOOPBACK *mp, NET_BUFFER_LIST *nbl) {
+    nbl->MiniportReserved[0] = NULL;
+    if (mp->tail != NULL)
+        mp->tail->MiniportReserved[0] = nbl;
+    else
+        mp->head = nbl;
+    mp->tail = nbl;
+}
+
+static inline NET_BUFFER_LIST *dequeue(LOOPBACK *mp) {
+    NET_BUFFER_LIST *nbl = mp->head;
+    mp->head = nbl->MiniportReserved[0];
+    if (mp->head == NULL) mp->tail = NULL;
+    nbl->MiniportReserved[0] = NULL;
+    return nbl;
+}
+
+static void send_sync(void *context, NET_BUFFER_LIST *chain) {
+    LOOPBACK *mp = context;
+    if (mp->wire != NULL) transmit(mp, chain);
+    int64_t n = 0;
+    for (NET_BUFFER_LIST *nbl = chain; nbl != NULL; nbl = nbl->Next) {
+        nbl->Status = NDIS_STATUS_SUCCESS;
+        n++;
+    }
+    /* the NBLs belong to the protocol again once this returns: counted first, never touched after */
+    NdisMSendNetBufferListsComplete(mp->rt, chain);
+    stamp(mp, n);
+}
+
+static void send_queue(void *context, NET_BUFFER_LIST *chain) {
+    LOOPBACK *mp = context;
+    if (mp->wire != NULL) transmit(mp, chain);
+    int64_t n = 0;
+    for (NET_BUFFER_LIST *nbl = chain; nbl != NULL; nbl = nbl->Next) {
+        nbl->Status = NDIS_STATUS_SUCCESS;
+        n++;
+    }
+    chain->MiniportReserved[1] = (void *)(intptr_t)n;
+    if (mp->kind == COMPLETION_DELAY) chain->Scratch = (void *)(intptr_t)clock_ticks();
+    enqueue(mp, chain);
+    mp->queued += n;
+}
+
+static void send_queue_nbls(void *context, NET_BUFFER_LIST *chain) {
+    LOOPBACK *mp = context;
+    if (mp->wire != NULL) transmit(mp, chain);
+    NET_BUFFER_LIST *nbl = chain;
+    while (nbl != NULL) {
+        NET_BUFFER_LIST *next = nbl->Next; /* Next stays as sent until the miniport relinks at completion */
+        nbl->Status = NDIS_STATUS_SUCCESS;
+        enqueue(mp, nbl);
+        mp->queued += 1;
+        nbl = next;
+    }
+}
+
+void LoopbackOpen(LOOPBACK *mp, NDIS_RT *rt, int kind, int64_t count, int64_t delay_ns, int from_current_mdl) {
+    memset(mp, 0, sizeof(*mp));
+    mp->rt = rt;
+    mp->kind = kind;
+    mp->count = count;
+    mp->delay_ticks = ns_to_ticks(delay_ns);
+    mp->from_current_mdl = from_current_mdl;
+    NdisRegisterMiniport(rt, kind == COMPLETION_SYNC      ? send_sync
+                             : kind == COMPLETION_BATCHED ? send_queue_nbls
+                                                          : send_queue,
+                         mp);
+}
+
+static void complete_chains(LOOPBACK *mp, int64_t limit_ns, int limited) {
+    while (mp->head != NULL && !mp->rt->failure) {
+        if (limited && (int64_t)(intptr_t)mp->head->Scratch > limit_ns) break;
+        NET_BUFFER_LIST *chain = dequeue(mp);
+        int64_t n = (int64_t)(intptr_t)chain->MiniportReserved[1];
+        chain->MiniportReserved[1] = NULL;
+        chain->Scratch = NULL;
+        mp->queued -= n;
+        NdisMSendNetBufferListsComplete(mp->rt, chain);
+        stamp(mp, n);
+    }
+}
+
+static void complete_batches(LOOPBACK *mp, int everything) {
+    while (mp->head != NULL && !mp->rt->failure && (everything || mp->queued >= mp->count)) {
+        int64_t take = mp->queued < mp->count ? mp->queued : mp->count;
+        NET_BUFFER_LIST *head = dequeue(mp);
+        NET_BUFFER_LIST *tail = head;
+        for (int64_t i = 1; i < take; i++) {
+            NET_BUFFER_LIST *nbl = dequeue(mp);
+            tail->Next = nbl;
+            tail = nbl;
+        }
+        tail->Next = NULL;
+        mp->queued -= take;
+        NdisMSendNetBufferListsComplete(mp->rt, head);
+        stamp(mp, take);
+    }
+}
+
+void LoopbackPoll(LOOPBACK *mp) {
+    if (mp->head == NULL) return;
+    if (mp->kind == COMPLETION_BATCHED)
+        complete_batches(mp, 0);
+    else if (mp->kind == COMPLETION_DELAY)
+        complete_chains(mp, clock_ticks() - mp->delay_ticks, 1);
+    else
+        complete_chains(mp, 0, 0);
+}
+
+void LoopbackDrain(LOOPBACK *mp) {
+    if (mp->kind == COMPLETION_BATCHED)
+        complete_batches(mp, 1);
+    else
+        complete_chains(mp, 0, 0);
+}
