@@ -139,6 +139,7 @@ def _serve(conn: Connection, job: WorkerJob) -> None:
                 job.completion,
                 pacing=job.pacing,
                 from_current_mdl=isinstance(mparams, LoopbackParams) and mparams.from_current_mdl,
+                miniport_params=mparams,
             )
     timer = calibrate_clock() if native else calibrate_timer()
     # what exists now (the input, the send calls, the modules) lives as long as the worker: out of the collector's

@@ -37,7 +37,7 @@ BATCHINGS = ("none", "8", "gap=20us")
 COMPLETIONS = ("sync", "deferred", "batched:4")
 LOOPBACK = get_miniport("loopback")
 NATIVE_DIR = Path(native.__file__).parent
-SOURCES = ("core.c", "ndis.c", "loopback.c", "strategies.c")
+SOURCES = ("core.c", "ndis.c", "loopback.c", "strategies.c", "ndis5.c", "strategies6.c")
 
 
 def test_the_core_is_built() -> None:
@@ -167,13 +167,25 @@ def _model(snapshot: dict[str, int]) -> dict[str, int]:
     return {name: snapshot[name] for name in COUNT_FIELDS + GAUGE_FIELDS}
 
 
-def differential(inp: ReplayInput, strategy: str, params: StrategyParams, completion: str, rounds: int = 2) -> None:
+def differential(
+    inp: ReplayInput,
+    strategy: str,
+    params: StrategyParams,
+    completion: str,
+    rounds: int = 2,
+    *,
+    miniport: Any = None,
+    fragment_mtu: int = 0,
+) -> None:
     """Both engines over ``inp``: the same counters after bind, per round and after unbind, the same stats, and
-    the native wire capture equal to the trace's bytes packet by packet."""
+    the native wire capture equal to the trace's bytes packet by packet. ``miniport``: the loopback's parameters
+    (None: its defaults); ``fragment_mtu``: frames above it are expected as a fragmenting filter sends them."""
     cls = get_strategy(strategy)
     policy = CompletionPolicy.parse(completion)
-    python = StrategyReplayer(inp, lambda: cls(params), LOOPBACK, policy)
-    compiled = native.NativeReplayer(inp, strategy, params, policy)
+    python = StrategyReplayer(
+        inp, lambda: cls(params), LOOPBACK if miniport is None else lambda: LOOPBACK(miniport), policy
+    )
+    compiled = native.NativeReplayer(inp, strategy, params, policy, miniport_params=miniport)
     python.open_timed()
     compiled.open_timed()
     assert python._timed is not None
@@ -190,9 +202,20 @@ def differential(inp: ReplayInput, strategy: str, params: StrategyParams, comple
     packets = compiled.wire.packets
     assert len(packets) == inp.packets
     for position, frames in enumerate(packets):
-        assert frames == (bytes(inp.frame(position)),), f"packet {position}"
+        assert frames == expected_frames(inp, position, fragment_mtu), f"packet {position}"
     assert compiled.close_timed() == python.close_timed()
     assert _snapshot(compiled.closed_counters) == _model(ndis.counters.snapshot())  # after drain and unbind
+
+
+def expected_frames(inp: ReplayInput, position: int, mtu: int = 0) -> tuple[bytes, ...]:
+    """What the loopback transmits for one packet: the frame, or (a fragmenting filter, frames above ``mtu``) one
+    NB per at most mtu − header bytes of payload, each behind a copy of the header."""
+    frame = bytes(inp.frame(position))
+    header = int(inp.header_len[position])
+    if not mtu or not (len(frame) > mtu and 0 < header < mtu and header < len(frame)):
+        return (frame,)
+    step = mtu - header
+    return tuple(frame[:header] + frame[at : at + step] for at in range(header, len(frame), step))
 
 
 @pytest.mark.parametrize("completion", COMPLETIONS)
@@ -398,6 +421,8 @@ def test_run_records_the_engine_per_strategy(tmp_path: Path) -> None:
     from ndis_replay.results import load
 
     trace = str(SAMPLES / "request_response.pcapng")
+    config = tmp_path / "variants.toml"
+    config.write_text('[strategy.reuse-retreat]\nbase = "reuse"\nheader = "retreat"\n')  # not native
     done = subprocess.run(
         [
             sys.executable,
@@ -408,7 +433,9 @@ def test_run_records_the_engine_per_strategy(tmp_path: Path) -> None:
             "-s",
             "reuse",
             "-s",
-            "ndis5-reuse",
+            "reuse-retreat",
+            "--config",
+            str(config),
             "--rounds",
             "1",
             "--warmup",
@@ -422,8 +449,99 @@ def test_run_records_the_engine_per_strategy(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     result = load(tmp_path / "r")
-    assert {s.name: s.engine for s in result.strategies} == {"reuse": "native", "ndis5-reuse": "python"}
+    assert {s.name: s.engine for s in result.strategies} == {"reuse": "native", "reuse-retreat": "python"}
     assert "native" in done.stdout and "python" in done.stdout
+
+
+# --- NDIS 5 (ndis5.c): the differential tests above cover the defaults through NATIVE_STRATEGIES ---------------------
+
+NDIS5_VARIANTS: list[tuple[str, dict[str, Any]]] = [
+    ("ndis5-alloc", {"split_header": False}),
+    # one static descriptor: overflow descriptors come and go, static ones leave circulation (freed while overflow
+    # ones are out)
+    ("ndis5-alloc", {"descriptors": 1}),
+    ("ndis5-alloc", {"descriptors": 2, "overflow": 64, "protocol_reserved": 64}),
+    ("ndis5-reuse", {"keep_buffers": False}),
+    ("ndis5-reuse", {"split_header": False}),
+    ("ndis5-reuse", {"pool_depth": 1}),
+    ("ndis5-reuse", {"pool_depth": 1, "keep_buffers": False, "protocol_reserved": 0}),
+]
+#: the sanitizer child's NDIS 5 engines (strategy id, the core's five parameters)
+NDIS5_CHILD = (
+    "(core.STRATEGY_NDIS5_ALLOC, (0, 0, 16, 1, 0)), (core.STRATEGY_NDIS5_ALLOC, (1, 101, 16, 0, 0)), "
+    "(core.STRATEGY_NDIS5_REUSE, (0, 1, 1, 16, 0)), (core.STRATEGY_NDIS5_REUSE, (1, 0, 1, 0, 0))"
+)
+
+
+@pytest.mark.parametrize("completion", COMPLETIONS)
+@pytest.mark.parametrize(
+    ("strategy", "params"),
+    NDIS5_VARIANTS,
+    ids=[f"{s}-{'-'.join(f'{k}={v}' for k, v in p.items())}" for s, p in NDIS5_VARIANTS],
+)
+@pytest.mark.parametrize("trace", ["bulk_tcp.pcapng", "small_packets.pcapng"])
+def test_native_ndis5_variants_equal_the_model(
+    strategy: str, params: dict[str, Any], completion: str, trace: str
+) -> None:
+    differential(replay_input(trace, "8"), strategy, get_strategy(strategy).Params(**params), completion)
+
+
+@pytest.mark.parametrize("strategy", ["ndis5-alloc", "ndis5-reuse"])
+def test_ndis5_delay_completion_completes_everything_and_transmits_the_trace(strategy: str) -> None:
+    inp = replay_input("request_response.pcapng", "8")
+    compiled = native.NativeReplayer(
+        inp, strategy, get_strategy(strategy).Params(), CompletionPolicy.parse("delay:2us")
+    )
+    outcome = compiled.timed_round(0, False, capture=True)
+    assert outcome.error is None and (outcome.latency_ns >= 0).all() and np.median(outcome.latency_ns) >= 2000
+    assert outcome.counts["packets_sent"] == outcome.counts["packets_completed"] == inp.packets
+    assert compiled.wire is not None and [f[0] for f in compiled.wire.packets] == [
+        bytes(inp.frame(i)) for i in range(inp.packets)
+    ]
+    compiled.close_timed()
+    closed = _snapshot(compiled.closed_counters)
+    # everything given back after drain and unbind: every packet and buffer, and (delay completes a call at a time)
+    # the MDL lookaside keeps only whole 232-byte blocks
+    assert closed["packet_allocs"] == closed["packet_frees"] and closed["buffer_allocs"] == closed["buffer_frees"]
+    assert closed["mem_bytes"] % 232 == 0
+
+
+def test_ndis5_pool_exhaustion_fails_the_round_in_both_engines() -> None:
+    """ndis5-alloc with one descriptor and no overflow: the second packet of a send call gets
+    NDIS_STATUS_RESOURCES, a failed round in either engine (not a crash)."""
+    inp = replay_input("bulk_tcp.pcapng", "8")
+    params = get_strategy("ndis5-alloc").Params(descriptors=1, overflow=0)
+    python = StrategyReplayer(inp, lambda: get_strategy("ndis5-alloc")(params), LOOPBACK, CompletionPolicy("sync"))
+    python.open_timed()
+    compiled = native.NativeReplayer(inp, "ndis5-alloc", params, CompletionPolicy("sync"))
+    expected = python.timed_round(0, False)
+    got = compiled.timed_round(0, False)
+    assert expected.error is not None and got.error is not None and compiled.failed
+    compiled.close_timed()
+
+
+@pytest.mark.parametrize(
+    ("strategy", "params"),
+    [
+        (6, (0, 0, 8, 1, 0)),
+        (6, (0, 0, 20, 1, 0)),
+        (6, (70000, 0, 16, 1, 0)),
+        (7, (0, 1, 1, 12, 0)),
+        (7, (65536, 1, 1, 16, 0)),
+        (7, (0, 1, 1, 4104, 0)),
+    ],
+    ids=[
+        "alloc-reserved-short",
+        "alloc-reserved-not-8",
+        "alloc-too-many",
+        "reuse-reserved-not-8",
+        "reuse-too-deep",
+        "reuse-reserved-too-big",
+    ],
+)
+def test_ndis5_bad_parameters_are_refused(strategy: int, params: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError):
+        _engine(strategy=strategy, params=params)
 
 
 # --- sanitizers ------------------------------------------------------------------------------------------------------
@@ -445,7 +563,8 @@ fo, hl, ix, cs = (load(n) for n in ("frame_offset", "header_len", "index", "call
 n, c = len(ix), len(cs) - 1
 runs = 0
 for which, params in ((core.STRATEGY_REUSE, (0, 0, 0, 1, 1)), (core.STRATEGY_REUSE, (1, 1, 1, 1, 1)),
-                      (core.STRATEGY_ALLOC, (16, 0, 1, 0, 0)), (core.STRATEGY_ALLOC, (16, 16, 1, 1, 0))):
+                      (core.STRATEGY_ALLOC, (16, 0, 1, 0, 0)), (core.STRATEGY_ALLOC, (16, 16, 1, 1, 0)),
+                      *NDIS5, *NDIS6):
     for kind, count in ((core.COMPLETION_SYNC, 0), (core.COMPLETION_DEFERRED, 0), (core.COMPLETION_BATCHED, 4),
                         (core.COMPLETION_DELAY, 0)):
         engine = core.Engine(which, params, kind, count, 1000, kind == core.COMPLETION_DEFERRED, data, fo, hl, ix,
@@ -457,7 +576,8 @@ for which, params in ((core.STRATEGY_REUSE, (0, 0, 0, 1, 1)), (core.STRATEGY_REU
         engine.round(*t, complete)
         engine.round(*t, complete, offsets, due)
         start, end, wire = engine.round(*t, complete, capture=True)
-        assert wire[0] == data[fo[0]:fo[n]], "wire"
+        # a fragmenting clone (mtu 600) repeats each header: its bytes are the differential tests'
+        assert wire[0] == data[fo[0]:fo[n]] or which == core.STRATEGY_CLONE and params[2] == 600, "wire"
         assert min(complete) > 0
         try:
             engine.round(*t, array.array("q", bytes(8)))
@@ -477,7 +597,7 @@ def _prepare_child(tmp_path: Path) -> Path:
     for name in ("frame_offset", "header_len", "index", "call_start"):
         (folder / f"{name}.bin").write_bytes(getattr(inp, name).astype(np.int64).tobytes())
     (folder / "frames.bin").write_bytes(bytes(inp.data))
-    (tmp_path / "child.py").write_text(CHILD)
+    (tmp_path / "child.py").write_text(CHILD.replace("*NDIS5", NDIS5_CHILD).replace("*NDIS6", NDIS6_CHILD))
     return folder
 
 
@@ -525,12 +645,14 @@ def test_asan_and_ubsan_report_nothing(tmp_path: Path) -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    assert done.stdout.startswith("ok 16")
+    assert done.stdout.startswith(
+        f"ok {4 * (4 + NDIS5_CHILD.count('STRATEGY_NDIS5') + NDIS6_CHILD.count('core.STRATEGY_'))}"
+    )
     assert "runtime error" not in done.stderr and "AddressSanitizer" not in done.stderr
 
 
 #: a memcheck error record names one of these when it comes from the core (the installed build or its sources)
-OURS = re.compile(r"_core\.cpython|\b(core|ndis|loopback|strategies)\.c:")
+OURS = re.compile(r"_core\.cpython|\b(core|ndis|loopback|strategies|ndis5|strategies6)\.c:")
 MEMCHECK_ERROR = re.compile(r"Invalid (read|write|free)|uninitialised|Conditional jump|Mismatched free|overlap")
 
 
@@ -561,7 +683,9 @@ def test_valgrind_memcheck_is_clean(tmp_path: Path) -> None:
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    assert done.stdout.startswith("ok 16")
+    assert done.stdout.startswith(
+        f"ok {4 * (4 + NDIS5_CHILD.count('STRATEGY_NDIS5') + NDIS6_CHILD.count('core.STRATEGY_'))}"
+    )
     assert "ERROR SUMMARY" in done.stderr
     records = re.split(r"^==\d+== $", done.stderr, flags=re.MULTILINE)
     ours = [r for r in records if MEMCHECK_ERROR.search(r) and OURS.search(r)]
@@ -573,3 +697,115 @@ def test_array_module_buffers_are_accepted() -> None:
     inp = replay_input("request_response.pcapng", "none")
     engine = _engine(call_start=array.array("q", inp.call_start.tolist()))
     engine.close()
+
+
+# --- NDIS 6 copy, cache, clone (strategies6.c): the differential tests above cover the defaults ----------------------
+
+NDIS6_VARIANTS: list[tuple[str, dict[str, Any]]] = [
+    ("copy", {"backfill": 32}),
+    ("copy", {"buffers": "mdl-and-data"}),
+    ("copy", {"buffers": "mdl-and-data", "backfill": 16, "pool_depth": 1}),
+    ("copy", {"pool_depth": 1}),
+    ("cache", {"cache_depth": 0}),
+    ("cache", {"cache_depth": 2}),
+    ("cache", {"cache_depth": 3, "cpus": 3}),
+    ("cache", {"mdl_source": "locked", "split_header": False}),
+    ("cache", {"context_size": 0, "context_backfill": 16}),
+    ("clone", {"use_original_mdls": False}),
+    ("clone", {"upper": "alloc"}),
+    ("clone", {"upper": "alloc", "use_original_mdls": False}),
+    # fragments: every frame above 600 bytes is cut, each fragment retreated for a copy of its header
+    ("clone", {"mtu": 600}),
+    ("clone", {"mtu": 600, "upper": "alloc", "use_original_mdls": False}),
+    ("clone", {"mtu": 64}),
+]
+#: the sanitizer child's NDIS 6 engines of strategies6.c (strategy id, the core's five parameters)
+NDIS6_CHILD = (
+    "(core.STRATEGY_COPY, (0, 0, 0, 0, 0)), (core.STRATEGY_COPY, (1, 16, 1, 0, 0)), "
+    "(core.STRATEGY_CACHE, (16, 0, 1, 2, 1)), (core.STRATEGY_CACHE, (16, 16, 3, 1, 3)), "
+    "(core.STRATEGY_CLONE, (0, 0, 65536, 0, 0)), (core.STRATEGY_CLONE, (1, 1, 600, 0, 0))"
+)
+
+
+def _mtu(params: dict[str, Any]) -> int:
+    return int(params.get("mtu", 0))
+
+
+@pytest.mark.parametrize("completion", COMPLETIONS)
+@pytest.mark.parametrize(
+    ("strategy", "params"),
+    NDIS6_VARIANTS,
+    ids=[f"{s}-{'-'.join(f'{k}={v}' for k, v in p.items())}" for s, p in NDIS6_VARIANTS],
+)
+@pytest.mark.parametrize("trace", ["bulk_tcp.pcapng", "small_packets.pcapng"])
+def test_native_ndis6_variants_equal_the_model(
+    strategy: str, params: dict[str, Any], completion: str, trace: str
+) -> None:
+    differential(
+        replay_input(trace, "8"),
+        strategy,
+        get_strategy(strategy).Params(**params),
+        completion,
+        fragment_mtu=_mtu(params),
+    )
+
+
+@pytest.mark.parametrize(
+    ("strategy", "miniport", "params"),
+    [
+        ("copy", {"backfill": 48}, {}),
+        ("copy", {"backfill": 48}, {"backfill": 0}),
+        ("clone", {"mtu": 1000}, {}),
+        ("clone", {"mtu": 1000}, {"mtu": 700}),
+    ],
+    ids=["copy-miniport-backfill", "copy-own-backfill", "clone-miniport-mtu", "clone-own-mtu"],
+)
+def test_native_ndis6_takes_the_miniports_backfill_and_mtu(
+    strategy: str, miniport: dict[str, Any], params: dict[str, Any]
+) -> None:
+    """copy's backfill -1 and clone's mtu 0 mean the miniport's: the native engine resolves them as the model."""
+    loopback = LOOPBACK.Params(**miniport)
+    mtu = params.get("mtu", miniport["mtu"]) if strategy == "clone" else 0
+    differential(
+        replay_input("bulk_tcp.pcapng", "8"),
+        strategy,
+        get_strategy(strategy).Params(**params),
+        "deferred",
+        miniport=loopback,
+        fragment_mtu=mtu,
+    )
+
+
+@pytest.mark.parametrize("strategy", ["copy", "cache", "clone"])
+def test_ndis6_delay_completion_completes_everything_and_transmits_the_trace(strategy: str) -> None:
+    inp = replay_input("request_response.pcapng", "8")
+    compiled = native.NativeReplayer(
+        inp, strategy, get_strategy(strategy).Params(), CompletionPolicy.parse("delay:2us")
+    )
+    outcome = compiled.timed_round(0, False, capture=True)
+    assert outcome.error is None and (outcome.latency_ns >= 0).all() and np.median(outcome.latency_ns) >= 2000
+    # clone: the protocol's parents and the filter's children are both sent, only the children reach the miniport
+    assert outcome.counts["nbls_sent"] == inp.packets * (2 if strategy == "clone" else 1)
+    assert outcome.counts["nbls_completed"] == inp.packets
+    assert compiled.wire is not None and [f[0] for f in compiled.wire.packets] == [
+        bytes(inp.frame(i)) for i in range(inp.packets)
+    ]
+    compiled.close_timed()
+
+
+@pytest.mark.parametrize(
+    ("strategy", "params"),
+    [("copy", {"backfill": 32}), ("copy", {"buffers": "mdl-and-data", "backfill": 16}), ("clone", {"mtu": 600})],
+    ids=["copy-backfill", "copy-mdl-and-data", "clone-fragments"],
+)
+def test_ndis6_current_mdl_describes_the_same_bytes(strategy: str, params: dict[str, Any]) -> None:
+    """A miniport gathering from CurrentMdl + CurrentMdlOffset (copy's DataOffset = backfill, fragments' retreated
+    header MDLs) transmits what the walk from MdlChain does."""
+    inp = replay_input("bulk_tcp.pcapng", "8")
+    compiled = native.NativeReplayer(
+        inp, strategy, get_strategy(strategy).Params(**params), CompletionPolicy("sync"), from_current_mdl=True
+    )
+    compiled.timed_round(0, False, capture=True)
+    assert compiled.wire is not None
+    assert compiled.wire.packets == [expected_frames(inp, i, _mtu(params)) for i in range(inp.packets)]
+    compiled.close_timed()

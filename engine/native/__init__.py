@@ -9,6 +9,11 @@ What is native so far: the NDIS 6 structures at their x64 DDK sizes, NBL pools w
 the C heap, the fixed-size MDL lookaside, NdisAllocateMdl/IoAllocateMdl & co, NdisSendNetBufferLists and the
 completion path, the loopback miniport (sync, deferred, batched:N, delay:D; a wire capture for tests), and the
 strategies ``reuse`` (``header`` whole or split, with or without ``mdl_reuse``) and ``alloc`` (every parameter).
+NDIS 5 (``ndis5.c``): NDIS_PACKET pools (static and overflow descriptors), NDIS_BUFFERs, the packet macros,
+NdisSendPackets / NdisMSendComplete, the loopback's MiniportSendPackets, and ``ndis5-alloc`` / ``ndis5-reuse``
+(every parameter).
+NDIS 6 ``copy``, ``cache`` and ``clone`` (``strategies6.c``, every parameter): DataSize NBL and NB pools,
+MmGetSystemAddressForMdlSafe / NdisMoveMemory, clones and fragments (retreat/advance) and the filter send path.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ if TYPE_CHECKING:
 #: what ``--engine`` accepts
 ENGINES = ("native", "python")
 #: the built-in strategies the core implements (registry names)
-NATIVE_STRATEGIES = ("reuse", "alloc")
+NATIVE_STRATEGIES = ("reuse", "alloc", *("copy", "cache", "clone"), *("ndis5-alloc", "ndis5-reuse"))
 
 _core: ModuleType | None
 _import_error: str
@@ -69,12 +74,23 @@ def native_name(strategy_cls: type) -> str:
         return "reuse"
     if strategy_cls is AllocStrategy:
         return "alloc"
+    ndis5 = _ndis5_name(strategy_cls)
+    if ndis5:
+        return ndis5
+    ndis6 = _ndis6_name(strategy_cls)
+    if ndis6:
+        return ndis6
     raise ValueError(f"{strategy_cls.__name__} has no native implementation")
 
 
-def _params(strategy: str, params: StrategyParams) -> tuple[int, int, int, int, int] | str:
-    """The core's five integer parameters, or why these parameters need the Python engine."""
+def _params(
+    strategy: str, params: StrategyParams, miniport_params: MiniportParams | None = None
+) -> tuple[int, int, int, int, int] | str:
+    """The core's five integer parameters, or why these parameters need the Python engine. ``miniport_params``
+    (the loopback's; None: its defaults) resolve copy's backfill -1 and clone's mtu 0."""
     values = params.as_dict()
+    if strategy in _NDIS6:
+        return _ndis6_params(strategy, values, miniport_params)
     if strategy == "reuse":
         if values["header"] not in ("whole", "split"):
             return f"reuse header={values['header']!r} is not native yet"
@@ -93,7 +109,103 @@ def _params(strategy: str, params: StrategyParams) -> tuple[int, int, int, int, 
             int(values["mdl_source"] == "locked"),
             0,
         )
+    if strategy in _NDIS5:
+        return _ndis5_params(strategy, values)
     return f"strategy {strategy!r} has no native implementation yet"
+
+
+#: the NDIS 5 strategies' ids in the core (STRATEGY_NDIS5_*), by registry name
+_NDIS5 = {"ndis5-alloc": "STRATEGY_NDIS5_ALLOC", "ndis5-reuse": "STRATEGY_NDIS5_REUSE"}
+
+
+def _ndis5_name(strategy_cls: type) -> str:
+    """``ndis5-alloc`` / ``ndis5-reuse`` for exactly those built-in classes, else ""."""
+    from ndis_replay.engine.strategies.ndis5 import Ndis5AllocStrategy, Ndis5ReuseStrategy
+
+    names: dict[type, str] = {Ndis5AllocStrategy: "ndis5-alloc", Ndis5ReuseStrategy: "ndis5-reuse"}
+    return names.get(strategy_cls, "")
+
+
+def _ndis5_params(strategy: str, values: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    """ndis5-alloc: (descriptors, overflow + 1, protocol_reserved, split_header); ndis5-reuse: (pool_depth,
+    keep_buffers, split_header, protocol_reserved) — the core takes no negative number, so overflow -1 is 0."""
+    if strategy == "ndis5-alloc":
+        return (
+            int(values["descriptors"]),
+            int(values["overflow"]) + 1,
+            int(values["protocol_reserved"]),
+            int(values["split_header"]),
+            0,
+        )
+    return (
+        int(values["pool_depth"]),
+        int(values["keep_buffers"]),
+        int(values["split_header"]),
+        int(values["protocol_reserved"]),
+        0,
+    )
+
+
+#: the NDIS 6 strategies of strategies6.c: their ids in the core (STRATEGY_*), by registry name
+_NDIS6 = {"copy": "STRATEGY_COPY", "cache": "STRATEGY_CACHE", "clone": "STRATEGY_CLONE"}
+#: the core's parameters are 0 to this
+_PARAM_MAX = 1_000_000
+
+
+def _ndis6_name(strategy_cls: type) -> str:
+    """``copy`` / ``cache`` / ``clone`` for exactly those built-in classes, else ""."""
+    from ndis_replay.engine.strategies.cache import CacheStrategy
+    from ndis_replay.engine.strategies.clone import CloneStrategy
+    from ndis_replay.engine.strategies.copy import CopyStrategy
+
+    names: dict[type, str] = {CopyStrategy: "copy", CacheStrategy: "cache", CloneStrategy: "clone"}
+    return names.get(strategy_cls, "")
+
+
+def _ndis6_params(
+    strategy: str, values: dict[str, Any], miniport_params: MiniportParams | None
+) -> tuple[int, int, int, int, int] | str:
+    """copy: (pool_depth, backfill, buffers is mdl-and-data); cache: (context_size, context_backfill, split | locked
+    << 1, cache_depth, cpus); clone: (upper is alloc, use_original_mdls, mtu) — the miniport's backfill and MTU
+    resolved here, the upper protocol's parameters the defaults strategies6.c binds it with."""
+    from ndis_replay.engine.miniports.loopback import LoopbackParams
+    from ndis_replay.engine.strategies.alloc import AllocParams
+    from ndis_replay.engine.strategies.reuse import ReuseParams
+
+    loopback = miniport_params if isinstance(miniport_params, LoopbackParams) else LoopbackParams()
+    if strategy == "copy":
+        backfill = loopback.backfill if values["backfill"] < 0 else values["backfill"]
+        if backfill > _PARAM_MAX:
+            return f"copy backfill={backfill} is not native"
+        return (int(values["pool_depth"]), int(backfill), int(values["buffers"] == "mdl-and-data"), 0, 0)
+    if strategy == "cache":
+        flags = int(values["split_header"]) | int(values["mdl_source"] == "locked") << 1
+        return (
+            int(values["context_size"]),
+            int(values["context_backfill"]),
+            flags,
+            int(values["cache_depth"]),
+            int(values["cpus"]),
+        )
+    # strategies6.c binds the upper protocol with these defaults (reuse: depth 0, whole, no mdl_reuse, clear_oob,
+    # reset_status; alloc: context 16, no backfill, split, nonpaged): any other default needs the Python engine
+    if ReuseParams().as_dict() != {
+        "pool_depth": 0,
+        "header": "whole",
+        "mdl_reuse": False,
+        "clear_oob": True,
+        "reset_status": True,
+    } or AllocParams().as_dict() != {
+        "context_size": 16,
+        "context_backfill": 0,
+        "split_header": True,
+        "mdl_source": "nonpaged",
+    }:
+        return "clone: the upper protocol's defaults changed; strategies6.c binds the old ones"
+    mtu = values["mtu"] or loopback.mtu
+    if mtu > _PARAM_MAX:
+        return f"clone mtu={mtu} is not native"
+    return (int(values["upper"] == "alloc"), int(values["use_original_mdls"]), int(mtu), 0, 0)
 
 
 def unsupported_reason(
@@ -109,9 +221,13 @@ def unsupported_reason(
     if miniport_cls is not LoopbackMiniport:
         return f"miniport {getattr(miniport_cls, 'name', miniport_cls.__name__)!r} is not native yet"
     # exactly the built-in classes: a subclass changes behaviour the C code does not have
-    if strategy_cls not in (ReuseStrategy, AllocStrategy):
+    if (
+        strategy_cls not in (ReuseStrategy, AllocStrategy)
+        and not _ndis5_name(strategy_cls)
+        and not _ndis6_name(strategy_cls)
+    ):
         return f"strategy {getattr(strategy_cls, 'name', strategy_cls.__name__)!r} has no native implementation yet"
-    converted = _params(native_name(strategy_cls), params)
+    converted = _params(native_name(strategy_cls), params, miniport_params)
     return converted if isinstance(converted, str) else None
 
 
@@ -164,10 +280,11 @@ class NativeReplayer:
         *,
         pacing: Pacing | None = None,
         from_current_mdl: bool = False,
+        miniport_params: MiniportParams | None = None,
     ) -> None:
         from ndis_replay.engine.replay import ASAP, DELAY_IN_FLIGHT
 
-        converted = _params(strategy, params)
+        converted = _params(strategy, params, miniport_params)
         if isinstance(converted, str):
             raise ValueError(converted)
         self.inp = inp
@@ -200,6 +317,10 @@ class NativeReplayer:
         c = core()
         kind, count, delay = _completion(self.completion)
         which = c.STRATEGY_REUSE if self.strategy == "reuse" else c.STRATEGY_ALLOC
+        if self.strategy in _NDIS5:
+            which = getattr(c, _NDIS5[self.strategy])
+        if self.strategy in _NDIS6:
+            which = getattr(c, _NDIS6[self.strategy])
         inp = self.inp
         self._engine = c.Engine(
             which,

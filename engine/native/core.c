@@ -184,7 +184,8 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds) {
                                      &from_current, &data, &frame_offset, &header_len, &index, &call_start,
                                      &max_in_flight))
         return -1;
-    if (which != STRATEGY_REUSE && which != STRATEGY_ALLOC) {
+    if (which != STRATEGY_REUSE && which != STRATEGY_ALLOC && which != STRATEGY_NDIS5_ALLOC &&
+        which != STRATEGY_NDIS5_REUSE && !(which >= STRATEGY_COPY && which <= STRATEGY_CLONE)) {
         PyErr_Format(PyExc_ValueError, "unknown native strategy %d", which);
         return -1;
     }
@@ -256,9 +257,11 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds) {
     NdisRtInit(&self->rt);
     LoopbackOpen(&self->mp, &self->rt, kind, count, delay_ns, from_current);
     self->which = which;
-    if (StrategyBind(&self->s, which, p, &self->rt, in, max_in_flight) < 0) {
+    int ndis5 = which == STRATEGY_NDIS5_ALLOC || which == STRATEGY_NDIS5_REUSE;
+    if ((ndis5 ? Ndis5StrategyBind : StrategyBind)(&self->s, which, p, &self->rt, in, max_in_flight) < 0) {
         engine_release(self);
-        PyErr_SetString(PyExc_ValueError, "NdisAllocateNetBufferListPool refused the strategy's parameters");
+        PyErr_SetString(PyExc_ValueError, ndis5 ? "the NDIS 5 strategy's parameters are out of range"
+                                                : "NdisAllocateNetBufferListPool refused the strategy's parameters");
         return -1;
     }
     self->bound = 1;
@@ -409,7 +412,20 @@ static PyObject *Engine_counters(EngineObject *self, PyObject *Py_UNUSED(ignored
 }
 
 static PyObject *Engine_stats(EngineObject *self, PyObject *Py_UNUSED(ignored)) {
-    if (self->which == STRATEGY_ALLOC) return Py_BuildValue("{sL}", "failed_sends", (long long)self->s.failed_sends);
+    if (self->s.stats != NULL) { /* strategies6.c: the strategy names its own */
+        const char *names[16];
+        int64_t values[16];
+        int count = self->s.state != NULL ? self->s.stats(&self->s, names, values, 16) : 0;
+        PyObject *out = PyDict_New();
+        for (int i = 0; out != NULL && i < count; i++) {
+            PyObject *value = PyLong_FromLongLong(values[i]);
+            if (value == NULL || PyDict_SetItemString(out, names[i], value) < 0) Py_CLEAR(out);
+            Py_XDECREF(value);
+        }
+        return out;
+    }
+    if (self->which == STRATEGY_ALLOC || self->which == STRATEGY_NDIS5_ALLOC)
+        return Py_BuildValue("{sL}", "failed_sends", (long long)self->s.failed_sends);
     return Py_BuildValue("{sLsLsL}", "pool_growth", (long long)self->s.pool_growth, "failed_sends",
                          (long long)self->s.failed_sends, "pool_size", (long long)self->s.pool_size);
 }
@@ -655,6 +671,11 @@ PyMODINIT_FUNC PyInit__core(void) {
         PyModule_AddObject(m, "COUNTER_NAMES", names) < 0 ||
         PyModule_AddIntConstant(m, "STRATEGY_REUSE", STRATEGY_REUSE) < 0 ||
         PyModule_AddIntConstant(m, "STRATEGY_ALLOC", STRATEGY_ALLOC) < 0 ||
+        PyModule_AddIntConstant(m, "STRATEGY_COPY", STRATEGY_COPY) < 0 ||
+        PyModule_AddIntConstant(m, "STRATEGY_CACHE", STRATEGY_CACHE) < 0 ||
+        PyModule_AddIntConstant(m, "STRATEGY_CLONE", STRATEGY_CLONE) < 0 ||
+        PyModule_AddIntConstant(m, "STRATEGY_NDIS5_ALLOC", STRATEGY_NDIS5_ALLOC) < 0 ||
+        PyModule_AddIntConstant(m, "STRATEGY_NDIS5_REUSE", STRATEGY_NDIS5_REUSE) < 0 ||
         PyModule_AddIntConstant(m, "COMPLETION_SYNC", COMPLETION_SYNC) < 0 ||
         PyModule_AddIntConstant(m, "COMPLETION_DEFERRED", COMPLETION_DEFERRED) < 0 ||
         PyModule_AddIntConstant(m, "COMPLETION_BATCHED", COMPLETION_BATCHED) < 0 ||

@@ -47,6 +47,10 @@ typedef struct _LOOPBACK {
      * (batched) */
     NET_BUFFER_LIST *head, *tail;
     int64_t queued; /* NBLs pending */
+    /* NDIS 5 pending packets, FIFO, linked through MiniportReserved[0]; MiniportReserved[1] marks the first packet
+     * of each send call (its send time + 1 under delay, 1 otherwise; 0 on the call's other packets) */
+    NDIS_PACKET *packet_head, *packet_tail;
+    int64_t packets_queued;
 } LOOPBACK;
 
 void LoopbackOpen(LOOPBACK *mp, NDIS_RT *rt, int kind, int64_t count, int64_t delay_ns, int from_current_mdl);
@@ -56,6 +60,13 @@ void LoopbackDrain(LOOPBACK *mp);
 /* --- strategies -------------------------------------------------------------------------------------------------- */
 #define STRATEGY_REUSE 1
 #define STRATEGY_ALLOC 2
+/* NDIS 5 (ndis5.c): build returns a non-NULL stand-in and keeps the NdisSendPackets array for submit */
+#define STRATEGY_NDIS5_ALLOC 6
+#define STRATEGY_NDIS5_REUSE 7
+/* strategies6.c: NDIS 6 copy (DataSize pools), cache (alloc behind per-CPU caches), clone (a filter) */
+#define STRATEGY_COPY 3
+#define STRATEGY_CACHE 4
+#define STRATEGY_CLONE 5
 
 typedef struct _STRATEGY STRATEGY;
 struct _STRATEGY {
@@ -74,13 +85,25 @@ struct _STRATEGY {
     int64_t free_count, free_capacity;
     uint32_t context_size; /* reuse: embedded MDL storage per NBL (mdl_reuse) */
     uint32_t mdl_slot;     /* reuse: bytes per embedded MDL */
+    struct _NDIS5_STRATEGY *ndis5; /* the NDIS 5 strategies' pools, packet array and free lists (ndis5.c) */
     NET_BUFFER_LIST *(*build)(STRATEGY *s, int64_t call);
     void (*submit)(STRATEGY *s, NET_BUFFER_LIST *chain);
     void (*unbind)(STRATEGY *s);
+    /* strategies6.c: the strategy's own state, and its stats as (name, value) pairs (NULL: core.c's reuse/alloc
+     * stats); returns how many it wrote, at most `room` */
+    void *state;
+    int (*stats)(STRATEGY *s, const char **names, int64_t *values, int room);
 };
+
+/* strategies6.c: bind copy, cache or clone (StrategyBind's contract) */
+int Strategy6Bind(STRATEGY *s, int which, const int64_t p[5], int64_t max_in_flight);
 
 /* binds (pools, the free list); 0 on success, -1 on invalid parameters, rt->failure on failed allocations */
 int StrategyBind(STRATEGY *s, int which, const int64_t p[5], NDIS_RT *rt, const REPLAY_INPUT *in,
                  int64_t max_in_flight);
+/* the same for STRATEGY_NDIS5_ALLOC (descriptors, overflow + 1, protocol_reserved, split_header) and
+ * STRATEGY_NDIS5_REUSE (pool_depth, keep_buffers, split_header, protocol_reserved) */
+int Ndis5StrategyBind(STRATEGY *s, int which, const int64_t p[5], NDIS_RT *rt, const REPLAY_INPUT *in,
+                      int64_t max_in_flight);
 
 #endif

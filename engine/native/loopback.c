@@ -3,7 +3,9 @@
  * batched:N: chains of N relinked by the miniport; delay:D: each send call once D has passed), FIFO throughout.
  * Each NB's bytes are gathered from its MDL chain only when a wire capture is asked for (checked/differential
  * use), never in a timed round. complete_ns[k] is read right after the completion call of packet k returns (in clock
- * ticks: the engine converts them to ns after the round, clock.h). */
+ * ticks: the engine converts them to ns after the round, clock.h).
+ * NDIS 5 side: MiniportSendPackets sets each packet's status PENDING (NDIS_SET_PACKET_STATUS) and completes each with
+ * its own NdisMSendComplete, grouped by the same policies (NDIS 5 has no chained completion). */
 #define _POSIX_C_SOURCE 200809L
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +13,7 @@
 
 #include "clock.h"
 #include "engine.h"
+#include "ndis5.h"
 
 static int grow(void **buffer, int64_t *capacity, int64_t need, size_t item) {
     if (need <= *capacity) return 0;
@@ -145,6 +148,110 @@ static void send_queue_nbls(void *context, NET_BUFFER_LIST *chain) {
     }
 }
 
+/* --- NDIS 5: MiniportSendPackets, one NdisMSendComplete per packet -------------------------------------------- */
+
+static inline NDIS_PACKET *packet_link(const NDIS_PACKET *packet) {
+    NDIS_PACKET *next;
+    memcpy(&next, packet->MiniportReserved, sizeof(next));
+    return next;
+}
+static inline int64_t packet_mark(const NDIS_PACKET *packet) {
+    int64_t mark;
+    memcpy(&mark, packet->MiniportReserved + sizeof(void *), sizeof(mark));
+    return mark;
+}
+static inline void packet_set(NDIS_PACKET *packet, NDIS_PACKET *next, int64_t mark) {
+    memcpy(packet->MiniportReserved, &next, sizeof(next));
+    memcpy(packet->MiniportReserved + sizeof(void *), &mark, sizeof(mark));
+}
+
+static int gather_packet(LOOPBACK *mp, NDIS_PACKET *packet) {
+    /* the frame an NDIS 5 packet describes: every chained buffer's ByteCount bytes, Head to the end */
+    WIRE_CAPTURE *w = mp->wire;
+    int64_t start = w->used;
+    for (MDL *buffer = packet->Private.Head; buffer != NULL; buffer = buffer->Next) {
+        if (grow((void **)&w->bytes, &w->capacity, w->used + buffer->ByteCount, 1)) return -1;
+        memcpy(w->bytes + w->used, buffer->MappedSystemVa, buffer->ByteCount);
+        w->used += buffer->ByteCount;
+    }
+    if (grow((void **)&w->lengths, &w->frames_capacity, w->frames + 1, sizeof(int64_t))) return -1;
+    w->lengths[w->frames++] = w->used - start;
+    if (grow((void **)&w->nbs, &w->packets_capacity, w->packets + 1, sizeof(int64_t))) return -1;
+    w->nbs[w->packets++] = 1;
+    return 0;
+}
+
+static int accept_packets(LOOPBACK *mp, NDIS_PACKET **packets, uint32_t count) {
+    /* transmit (when capturing) and NDIS_SET_PACKET_STATUS(PENDING) each: a deserialized miniport owns them now */
+    for (uint32_t i = 0; i < count; i++) {
+        if (mp->wire != NULL && gather_packet(mp, packets[i])) {
+            mp->rt->failure = NDIS_FAIL_MEMORY;
+            mp->rt->failure_text = "loopback wire capture";
+            return -1;
+        }
+        NDIS_SET_PACKET_STATUS(mp->rt, packets[i], NDIS_STATUS_PENDING);
+    }
+    return 0;
+}
+
+static void send_packets_sync(void *context, NDIS_PACKET **packets, uint32_t count) {
+    LOOPBACK *mp = context;
+    if (accept_packets(mp, packets, count)) return;
+    for (uint32_t i = 0; i < count && !mp->rt->failure; i++) {
+        NdisMSendComplete(mp->rt, packets[i], NDIS_STATUS_SUCCESS);
+        stamp(mp, 1);
+    }
+}
+
+static void send_packets_queue(void *context, NDIS_PACKET **packets, uint32_t count) {
+    LOOPBACK *mp = context;
+    if (accept_packets(mp, packets, count)) return;
+    int64_t head_mark = mp->kind == COMPLETION_DELAY ? clock_ticks() + 1 : 1;
+    for (uint32_t i = 0; i < count; i++) {
+        NDIS_PACKET *packet = packets[i];
+        packet_set(packet, NULL, i == 0 ? head_mark : 0);
+        if (mp->packet_tail != NULL)
+            packet_set(mp->packet_tail, packet, packet_mark(mp->packet_tail));
+        else
+            mp->packet_head = packet;
+        mp->packet_tail = packet;
+    }
+    mp->packets_queued += count;
+}
+
+static void complete_packets(LOOPBACK *mp, int64_t n) {
+    /* NdisMSendComplete(SUCCESS) for the next n pending packets, FIFO: unlinked before the call (the packet is the
+     * protocol's again once it returns) */
+    for (int64_t i = 0; i < n && mp->packet_head != NULL && !mp->rt->failure; i++) {
+        NDIS_PACKET *packet = mp->packet_head;
+        mp->packet_head = packet_link(packet);
+        if (mp->packet_head == NULL) mp->packet_tail = NULL;
+        packet_set(packet, NULL, 0);
+        mp->packets_queued -= 1;
+        NdisMSendComplete(mp->rt, packet, NDIS_STATUS_SUCCESS);
+        stamp(mp, 1);
+    }
+}
+
+static int64_t call_size(const LOOPBACK *mp) {
+    /* packets of the send call at the head of the queue */
+    int64_t n = 1;
+    for (NDIS_PACKET *p = packet_link(mp->packet_head); p != NULL && packet_mark(p) == 0; p = packet_link(p)) n++;
+    return n;
+}
+
+static void poll_packets(LOOPBACK *mp) {
+    if (mp->kind == COMPLETION_BATCHED) {
+        while (mp->packets_queued >= mp->count && !mp->rt->failure) complete_packets(mp, mp->count);
+    } else if (mp->kind == COMPLETION_DELAY) {
+        int64_t limit = clock_ticks() - mp->delay_ticks;
+        while (mp->packet_head != NULL && !mp->rt->failure && packet_mark(mp->packet_head) - 1 <= limit)
+            complete_packets(mp, call_size(mp));
+    } else {
+        complete_packets(mp, mp->packets_queued);
+    }
+}
+
 void LoopbackOpen(LOOPBACK *mp, NDIS_RT *rt, int kind, int64_t count, int64_t delay_ns, int from_current_mdl) {
     memset(mp, 0, sizeof(*mp));
     mp->rt = rt;
@@ -156,6 +263,7 @@ void LoopbackOpen(LOOPBACK *mp, NDIS_RT *rt, int kind, int64_t count, int64_t de
                              : kind == COMPLETION_BATCHED ? send_queue_nbls
                                                           : send_queue,
                          mp);
+    NdisRegisterMiniport5(rt, kind == COMPLETION_SYNC ? send_packets_sync : send_packets_queue, mp);
 }
 
 static void complete_chains(LOOPBACK *mp, int64_t limit_ns, int limited) {
@@ -189,6 +297,7 @@ static void complete_batches(LOOPBACK *mp, int everything) {
 }
 
 void LoopbackPoll(LOOPBACK *mp) {
+    if (mp->packet_head != NULL) poll_packets(mp);
     if (mp->head == NULL) return;
     if (mp->kind == COMPLETION_BATCHED)
         complete_batches(mp, 0);
@@ -199,6 +308,7 @@ void LoopbackPoll(LOOPBACK *mp) {
 }
 
 void LoopbackDrain(LOOPBACK *mp) {
+    complete_packets(mp, mp->packets_queued);
     if (mp->kind == COMPLETION_BATCHED)
         complete_batches(mp, 1);
     else

@@ -206,6 +206,9 @@ extern const char *const ndis_counter_names[];
 /* --- the runtime: one per engine (NDIS's global state as the model sees it) -------------------------------------- */
 typedef void (*SEND_NBL_COMPLETE_HANDLER)(void *context, NET_BUFFER_LIST *chain);
 typedef void (*MINIPORT_SEND_NBL_HANDLER)(void *context, NET_BUFFER_LIST *chain);
+/* NDIS 5 (ndis5.h): ProtocolSendComplete, once per packet, and MiniportSendPackets */
+typedef void (*SEND_COMPLETE_HANDLER)(void *context, NDIS_PACKET *packet, NDIS_STATUS status);
+typedef void (*MINIPORT_SEND_PACKETS_HANDLER)(void *context, NDIS_PACKET **packets, uint32_t count);
 
 typedef struct _NDIS_RT {
     NDIS_COUNTERS c;
@@ -215,8 +218,18 @@ typedef struct _NDIS_RT {
     void *protocol_context;
     MINIPORT_SEND_NBL_HANDLER miniport_send;
     void *miniport_context;
+    SEND_COMPLETE_HANDLER protocol_send_complete5;
+    void *protocol_context5;
+    MINIPORT_SEND_PACKETS_HANDLER miniport_send_packets;
+    void *miniport_context5;
     /* the binding handle's identity (NdisOpenAdapterEx's NdisBindingHandle) */
     char binding;
+    /* an attached filter module (NdisFRegisterFilterDriver + FilterAttach): NDIS routes the protocol's sends to
+     * filter_send and every miniport completion to filter_send_complete; `filter` is the NdisFilterHandle */
+    MINIPORT_SEND_NBL_HANDLER filter_send;
+    SEND_NBL_COMPLETE_HANDLER filter_send_complete;
+    void *filter_context;
+    char filter;
     /* set when NDIS would bug check or an allocation failed: the round stops and Python raises */
     int failure; /* 0, NDIS_FAIL_MEMORY, NDIS_FAIL_BUGCHECK */
     const char *failure_text;
@@ -265,6 +278,46 @@ void MmBuildMdlForNonPagedPool(NDIS_RT *rt, MDL *mdl);
 
 void NdisSendNetBufferLists(NDIS_RT *rt, void *NdisBindingHandle, NET_BUFFER_LIST *chain, uint32_t SendFlags);
 void NdisMSendNetBufferListsComplete(NDIS_RT *rt, NET_BUFFER_LIST *chain);
+
+/* --- NDIS 6 data-owning pools, derived NBLs and the filter path (strategies6.c: copy, cache, clone) ------------ */
+#define NDIS_CLONE_FLAGS_USE_ORIGINAL_MDLS 0x1u
+/* MDL_INTERNAL: NDIS allocated this MDL and its buffer for a retreat beyond the backfill (the model's _retreat) */
+#define MDL_INTERNAL 0x8000u
+
+typedef struct _NDIS_NB_POOL {
+    uint32_t DataSize;
+    /* the lookaside list: free NB blocks linked through NET_BUFFER.Next */
+    NET_BUFFER *free_list;
+    int64_t cached;
+    int64_t allocated;
+    uint32_t block_size; /* NB (+ MDL + DataSize bytes of data) */
+    int freed;
+} NDIS_NB_POOL;
+
+NET_BUFFER_LIST *NdisAllocateNetBufferList(NDIS_RT *rt, NDIS_NBL_POOL *pool, uint32_t ContextSize,
+                                           uint32_t ContextBackFill);
+NDIS_NB_POOL *NdisAllocateNetBufferPool(NDIS_RT *rt, uint32_t DataSize);
+void NdisFreeNetBufferPool(NDIS_RT *rt, NDIS_NB_POOL *pool);
+NET_BUFFER *NdisAllocateNetBufferMdlAndData(NDIS_RT *rt, NDIS_NB_POOL *pool);
+void NdisFreeNetBuffer(NDIS_RT *rt, NET_BUFFER *nb);
+void *MmGetSystemAddressForMdlSafe(NDIS_RT *rt, MDL *mdl);
+void NdisMoveMemory(NDIS_RT *rt, void *Destination, const void *Source, uint32_t Length);
+NET_BUFFER_LIST *NdisAllocateCloneNetBufferList(NDIS_RT *rt, NET_BUFFER_LIST *Original, NDIS_NBL_POOL *NblPool,
+                                                NDIS_NB_POOL *NbPool, uint32_t AllocateCloneFlags);
+void NdisFreeCloneNetBufferList(NDIS_RT *rt, NET_BUFFER_LIST *Clone, uint32_t FreeCloneFlags);
+NET_BUFFER_LIST *NdisAllocateFragmentNetBufferList(NDIS_RT *rt, NET_BUFFER_LIST *Original, NDIS_NBL_POOL *NblPool,
+                                                   NDIS_NB_POOL *NbPool, uint32_t StartOffset,
+                                                   uint32_t MaximumLength, uint32_t DataOffsetDelta,
+                                                   uint32_t DataBackFill);
+void NdisFreeFragmentNetBufferList(NDIS_RT *rt, NET_BUFFER_LIST *Fragment, uint32_t DataOffsetDelta);
+/* the caller's side of a derived NBL (ParentNetBufferList + InterlockedIncrement/Decrement of ChildRefCount),
+ * counted as the model's link_child_net_buffer_list / unlink_child_net_buffer_list */
+void NdisLinkChildNetBufferList(NDIS_RT *rt, NET_BUFFER_LIST *child, NET_BUFFER_LIST *parent);
+NET_BUFFER_LIST *NdisUnlinkChildNetBufferList(NDIS_RT *rt, NET_BUFFER_LIST *child);
+void *NdisFRegisterFilter(NDIS_RT *rt, MINIPORT_SEND_NBL_HANDLER send, SEND_NBL_COMPLETE_HANDLER send_complete,
+                          void *context);
+void NdisFSendNetBufferLists(NDIS_RT *rt, void *NdisFilterHandle, NET_BUFFER_LIST *chain, uint32_t SendFlags);
+void NdisFSendNetBufferListsComplete(NDIS_RT *rt, void *NdisFilterHandle, NET_BUFFER_LIST *chain);
 
 static inline uint32_t pages_spanned(uint32_t byte_offset, uint32_t length) {
     /* ADDRESS_AND_SIZE_TO_SPAN_PAGES; 0 for an empty buffer */

@@ -290,5 +290,7 @@ int StrategyBind(STRATEGY *s, int which, const int64_t p[5], NDIS_RT *rt, const 
     memcpy(s->p, p, sizeof(s->p));
     if (which == STRATEGY_REUSE) return ReuseBind(s, max_in_flight);
     if (which == STRATEGY_ALLOC) return AllocBind(s);
+    if (which == STRATEGY_COPY || which == STRATEGY_CACHE || which == STRATEGY_CLONE)
+        return Strategy6Bind(s, which, p, max_in_flight);
     return -1;
 }
