@@ -269,8 +269,9 @@ class FarSide:
         """Start a pass or a round: counts zero, nothing unseen, the socket emptied of anything left and its drop
         counter read (and so reset)."""
         self.counts = dict.fromkeys(DELIVERY_FIELDS, 0)
-        self.expected: deque[tuple[int, int, int, bytes]] = deque()
-        self.skipped: list[tuple[int, int, int, bytes]] = []
+        # (position, k, n, the bytes written or b"" from the native core, their length)
+        self.expected: deque[tuple[int, int, int, bytes, int]] = deque()
+        self.skipped: list[tuple[int, int, int, bytes, int]] = []
         self.parts: list[bytes] = []
         self.parts_of = (-1, 0)
         self.in_flight_bytes = 0
@@ -287,9 +288,34 @@ class FarSide:
 
     def sent(self, position: int, k: int, n: int, frame: bytes) -> None:
         """A frame was written to the device."""
-        self.expected.append((position, k, n, frame))
+        self.expected.append((position, k, n, frame, len(frame)))
         self.in_flight_bytes += len(frame) + SKB_OVERHEAD
         self.counts["frames"] += 1
+
+    def sent_size(self, position: int, k: int, n: int, size: int) -> None:
+        """A frame of ``size`` bytes was written by the native core (its bytes are not kept: arrivals are checked
+        against the trace, which :meth:`sent_size` therefore needs)."""
+        if self.inp is None:
+            raise RuntimeError("tap: the native write path needs the trace (expect() first)")
+        self.expected.append((position, k, n, b"", size))
+        self.in_flight_bytes += size + SKB_OVERHEAD
+        self.counts["frames"] += 1
+
+    def native_log(self, log: bytes, size: int) -> tuple[int, int]:
+        """The native core's callback (``Engine.attach_tap``): the frames it wrote since the last call (int64
+        position, k, n, bytes written or -errno per frame), then read (``size`` -1) or make room for a frame of
+        ``size`` bytes; returns what is still unread (frames, kernel bytes), the core's back-pressure state."""
+        records = struct.iter_unpack("qqqq", log)
+        for position, k, n, written in records:
+            if written >= 0:
+                self.sent_size(position, k, n, written)
+            else:
+                self.refused(position, k, n, OSError(-written, os.strerror(-written)))
+        if size >= 0:
+            self.make_room(size)
+        else:
+            self.pump()
+        return len(self.expected), self.in_flight_bytes
 
     def refused(self, position: int, k: int, n: int, exc: OSError) -> None:
         """The device refused a write (EINVAL for a frame shorter than an Ethernet header, say)."""
@@ -345,9 +371,9 @@ class FarSide:
         inp = self.inp
         return written if inp is None else inp.frame(position)
 
-    def _pop(self) -> tuple[int, int, int, bytes]:
+    def _pop(self) -> tuple[int, int, int, bytes, int]:
         entry = self.expected.popleft()
-        self.in_flight_bytes -= len(entry[3]) + SKB_OVERHEAD
+        self.in_flight_bytes -= entry[4] + SKB_OVERHEAD
         return entry
 
     def _arrived(self, got: memoryview) -> None:
@@ -357,7 +383,7 @@ class FarSide:
             counts["unexpected"] += 1
             self._add(-1, f"an unexpected frame of {len(got)} bytes arrived (nothing was in flight)")
             return
-        position, k, n, written = expected[0]
+        position, k, n, written, _ = expected[0]
         if n > 1:
             self._pop()
             self.parts.append(bytes(got))
@@ -370,7 +396,7 @@ class FarSide:
             counts["delivered"] += 1
             return
         for j in range(1, min(len(expected), LOOKAHEAD)):
-            later, _, count, later_written = expected[j]
+            later, _, count, later_written, _ = expected[j]
             if count == 1 and got == self._reference(later, later_written):
                 for _ in range(j):
                     self.skipped.append(self._pop())
@@ -414,8 +440,8 @@ class FarSide:
             f"the far side received {len(got)} bytes, the trace has {len(want)}; first difference at byte {first}",
         )
 
-    def _drop(self, entry: tuple[int, int, int, bytes]) -> None:
-        self.in_flight_bytes -= len(entry[3]) + SKB_OVERHEAD
+    def _drop(self, entry: tuple[int, int, int, bytes, int]) -> None:
+        self.in_flight_bytes -= entry[4] + SKB_OVERHEAD
         self.counts["dropped"] += 1
         self._add(entry[0], f"frame {entry[1] + 1} of {entry[2]} never arrived on the far side")
 
@@ -560,6 +586,12 @@ class TapMiniport(LoopbackMiniport):
 
     def open(self, ndis: Ndis, completion: CompletionPolicy) -> MiniportInfo:
         """MiniportInitializeEx: make (or attach) the device and its far side, then register the send handlers."""
+        self.open_device()
+        return super().open(ndis, completion)
+
+    def open_device(self) -> Device:
+        """Make (or attach) the device and its far side (:attr:`device`, :attr:`far`); the native core's tap
+        path writes to this device's fd and hands its frames to this far side."""
         p = self._tp
         if p.device:
             device = Device.attach(p.device, p.mode, p.rcvbuf)
@@ -574,7 +606,7 @@ class TapMiniport(LoopbackMiniport):
         rcvbuf = device.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
         self.far = FarSide(device.sock, p.window, max(rcvbuf // 2, 65536 + SKB_OVERHEAD))
         self.far.inp = self._inp
-        return super().open(ndis, completion)
+        return device
 
     def begin(self, complete_ns: numpy.ndarray[Any, Any] | None, wire: WireSink | None) -> None:
         """Start a round: the far side starts counting; the device becomes the wire (``wire`` still receives
@@ -587,6 +619,10 @@ class TapMiniport(LoopbackMiniport):
     def close(self) -> None:
         """MiniportHaltEx: complete what is pending, then close the device (a harness device disappears)."""
         super().close()
+        self.close_device()
+
+    def close_device(self) -> None:
+        """Close the device (a harness device disappears with its fd)."""
         if self.device is not None:
             self.device.close()
             self.device = None

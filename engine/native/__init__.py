@@ -14,6 +14,10 @@ NdisSendPackets / NdisMSendComplete, the loopback's MiniportSendPackets, and ``n
 (every parameter).
 NDIS 6 ``copy``, ``cache`` and ``clone`` (``strategies6.c``, every parameter): DataSize NBL and NB pools,
 MmGetSystemAddressForMdlSafe / NdisMoveMemory, clones and fragments (retreat/advance) and the filter send path.
+The tap miniport (``loopback.c``'s tap variant): every NB written to the device's fd with one ``writev`` (an iovec
+per MDL); the far side is :class:`~ndis_replay.engine.miniports.tap.FarSide`, handed the core's log of writes
+(``FarSide.native_log``) where the Python miniport reads: after a call once half the window is in flight, before a
+write that would exceed the window, and after the round.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ndis_replay.engine.ndis.counters import COUNT_FIELDS, GAUGE_FIELDS
 
 if TYPE_CHECKING:
     from ndis_replay.engine.miniports.base import CompletionPolicy, MiniportParams
+    from ndis_replay.engine.miniports.tap import TapMiniport
     from ndis_replay.engine.replay import Pacing, ReplayInput, RoundOutcome, TimerCalibration
     from ndis_replay.engine.strategies.base import StrategyParams
 
@@ -213,12 +218,14 @@ def unsupported_reason(
 ) -> str | None:
     """None when the core can run this strategy on this miniport, else why not (one line)."""
     from ndis_replay.engine.miniports.loopback import LoopbackMiniport
+    from ndis_replay.engine.miniports.tap import TapMiniport
     from ndis_replay.engine.strategies.alloc import AllocStrategy
     from ndis_replay.engine.strategies.reuse import ReuseStrategy
 
     if _core is None:
         return "the native core is not built"
-    if miniport_cls is not LoopbackMiniport:
+    # exactly these classes (a subclass may change what a send does)
+    if miniport_cls is not LoopbackMiniport and miniport_cls is not TapMiniport:
         return f"miniport {getattr(miniport_cls, 'name', miniport_cls.__name__)!r} is not native yet"
     # exactly the built-in classes: a subclass changes behaviour the C code does not have
     if (
@@ -304,6 +311,15 @@ class NativeReplayer:
         self._t1 = np.zeros(inp.calls, dtype=np.int64)
         self._t2 = np.zeros(inp.calls, dtype=np.int64)
         self._engine: Any = None
+        #: the tap variant: the device and its far side (None: the loopback)
+        self._tap: TapMiniport | None = None
+        from ndis_replay.engine.miniports.tap import TapParams
+
+        if isinstance(miniport_params, TapParams):
+            from ndis_replay.engine.miniports.tap import TapMiniport
+
+            self._tap = TapMiniport(miniport_params)
+            self._tap.expect(inp)
         self.failed = False
         #: counters right after bind (COUNT_FIELDS + GAUGE_FIELDS order)
         self.bound_counters: tuple[int, ...] = ()
@@ -337,6 +353,13 @@ class NativeReplayer:
             self._max_in_flight,
         )
         self.bound_counters = tuple(self._engine.counters())
+        if self._tap is not None:
+            from ndis_replay.engine.miniports.tap import SKB_OVERHEAD
+
+            self._tap.open_device()
+            device, far = self._tap.device, self._tap.far
+            assert device is not None and far is not None
+            self._engine.attach_tap(device.fd, far.native_log, far.window, far.half, far.budget, SKB_OVERHEAD)
 
     def counters(self) -> dict[str, int]:
         """Every count and gauge of the native runtime now, by name."""
@@ -357,11 +380,14 @@ class NativeReplayer:
         before = engine.counters()
         error: Finding | None = None
         start = end = 0
+        tap = self._tap
+        if tap is not None and tap.far is not None:
+            tap.far.reset()
         try:
             start, end, wire = engine.round(
                 self._t0, self._t1, self._t2, self._complete, self._offsets, self._due, capture
             )
-        except (MemoryError, RuntimeError) as exc:
+        except (MemoryError, RuntimeError, OSError) as exc:  # OSError: the far side's socket (tap)
             self.failed = True
             unfinished = np.flatnonzero(self._t2 == 0)
             at = int(self.inp.index[self.inp.call_start[unfinished[0]]]) if len(unfinished) else -1
@@ -379,6 +405,15 @@ class NativeReplayer:
                 position += count
             self.wire = NativeWire(packets)
         after = engine.counters()
+        delivery: dict[str, int] | None = None
+        if tap is not None and error is None:
+            try:
+                far = tap.delivery()  # after the timed window: reads what is left on the far side
+            except Exception as exc:
+                self.failed = True
+                error = exception_finding(exc, -1, "timed round, far side")
+            else:
+                delivery = far[0] if far is not None else None
         complete = self._complete
         due = self._due
         start_ref = self._t0 if due is None else due
@@ -407,6 +442,7 @@ class NativeReplayer:
             error=error,
             lag_ns=None if due is None else self._t0 - due,
             span_ns=span,
+            delivery=delivery,
         )
 
     def close_timed(self) -> dict[str, int]:
@@ -418,6 +454,8 @@ class NativeReplayer:
         engine.close()
         self.closed_counters = tuple(engine.counters())
         self._engine = None
+        if self._tap is not None:
+            self._tap.close_device()
         return stats
 
 

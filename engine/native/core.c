@@ -92,6 +92,9 @@ typedef struct {
     STRATEGY s;
     REPLAY_INPUT in;
     WIRE_CAPTURE wire;
+    TAP_WIRE tap;          /* the tap variant's device (attach_tap); tap.fd < 0: the loopback */
+    PyObject *tap_drain;   /* drain(log: bytes, size: int) -> (in_flight, in_flight_bytes): the Python far side */
+    PyObject *tap_error[3]; /* what drain raised during a round (type, value, traceback) */
     Py_buffer data, frame_offset, header_len, index, call_start;
     int views;   /* buffers held */
     int bound;   /* strategy bound, not yet unbound */
@@ -109,6 +112,13 @@ static void engine_release(EngineObject *self) {
         self->bound = 0;
     }
     NdisRtRelease(&self->rt);
+    free(self->tap.log);
+    free(self->tap.iov);
+    free(self->tap.scratch);
+    memset(&self->tap, 0, sizeof(self->tap));
+    self->mp.tap = NULL;
+    Py_CLEAR(self->tap_drain);
+    for (int i = 0; i < 3; i++) Py_CLEAR(self->tap_error[i]);
     free(self->wire.bytes);
     free(self->wire.lengths);
     free(self->wire.nbs);
@@ -279,6 +289,58 @@ static void Engine_dealloc(EngineObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* --- the tap variant's far side: Python, called with the GIL taken back (never inside a packet's latency but for
+ * back-pressure, as the Python tap miniport) ------------------------------------------------------------------ */
+
+static int tap_room(TAP_WIRE *t, int64_t size) {
+    EngineObject *self = t->context;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int rc = -1;
+    PyObject *log = PyBytes_FromStringAndSize((const char *)t->log, (Py_ssize_t)(t->logged * (int64_t)sizeof(int64_t)));
+    if (log != NULL) {
+        PyObject *result = PyObject_CallFunction(self->tap_drain, "NL", log, (long long)size);
+        if (result != NULL) {
+            long long frames, bytes;
+            if (PyArg_ParseTuple(result, "LL", &frames, &bytes)) {
+                t->in_flight = frames;
+                t->in_flight_bytes = bytes;
+                rc = 0;
+            }
+            Py_DECREF(result);
+        }
+    }
+    if (rc && self->tap_error[0] == NULL) PyErr_Fetch(&self->tap_error[0], &self->tap_error[1], &self->tap_error[2]);
+    PyErr_Clear();
+    PyGILState_Release(gil);
+    return rc;
+}
+
+static PyObject *Engine_attach_tap(EngineObject *self, PyObject *args) {
+    int fd;
+    PyObject *drain;
+    long long window, half, budget, overhead;
+    if (!PyArg_ParseTuple(args, "iOLLLL", &fd, &drain, &window, &half, &budget, &overhead)) return NULL;
+    if (self->busy || !self->bound) {
+        PyErr_SetString(PyExc_RuntimeError, self->busy ? "a round is running" : "the engine is closed");
+        return NULL;
+    }
+    if (fd < 0 || !PyCallable_Check(drain) || window < 1 || half < 1 || budget < 1 || overhead < 0) {
+        PyErr_SetString(PyExc_ValueError, "attach_tap needs an fd, a callable and positive window, half, budget");
+        return NULL;
+    }
+    Py_INCREF(drain);
+    Py_XSETREF(self->tap_drain, drain);
+    self->tap.fd = fd;
+    self->tap.window = window;
+    self->tap.half = half;
+    self->tap.budget = budget;
+    self->tap.overhead = overhead;
+    self->tap.room = tap_room;
+    self->tap.context = self;
+    self->mp.tap = &self->tap;
+    Py_RETURN_NONE;
+}
+
 static void wait_until(int64_t target) {
     /* target in ticks: sleep while it is more than SPIN_NS away, then spin */
     int64_t now = clock_ticks();
@@ -312,6 +374,12 @@ static int64_t timed_loop(EngineObject *self, int64_t *t0, int64_t *t1, int64_t 
         t0[k] = a;
         t1[k] = b;
         t2[k] = c;
+        /* the far side reads once half the window is in flight, after this call's completions (tap.py) */
+        if (mp->tap != NULL && mp->tap->in_flight >= mp->tap->half && TapRoom(mp->tap, -1)) {
+            rt->failure = NDIS_FAIL_TAP;
+            rt->failure_text = "tap miniport: the far side";
+            return k + 1;
+        }
     }
     return calls;
 }
@@ -354,6 +422,10 @@ static PyObject *Engine_round(EngineObject *self, PyObject *args, PyObject *kwds
     self->mp.wire = capture ? &self->wire : NULL;
     self->mp.complete_ns = complete;
     self->mp.completed = 0;
+    if (self->mp.tap != NULL) { /* the far side starts the round empty (FarSide.reset) */
+        self->tap.position = self->tap.logged = self->tap.in_flight = self->tap.in_flight_bytes = 0;
+        self->tap.raised = 0;
+    }
     self->busy = 1;
     int64_t start, end, done;
     Py_BEGIN_ALLOW_THREADS int64_t ns_anchor = monotonic_ns();
@@ -364,6 +436,11 @@ static PyObject *Engine_round(EngineObject *self, PyObject *args, PyObject *kwds
     done = timed_loop(self, t0, t1, t2, due);
     if (!self->rt.failure) LoopbackDrain(&self->mp);
     end = clock_ticks();
+    /* the last frames go to the far side outside the timed window (it reads them at delivery()) */
+    if (!self->rt.failure && self->mp.tap != NULL && self->tap.logged > 0 && TapRoom(&self->tap, -1)) {
+        self->rt.failure = NDIS_FAIL_TAP;
+        self->rt.failure_text = "tap miniport: the far side";
+    }
     /* ticks → ns, outside the timed window */
     start = to_ns(start, tick_anchor, ns_anchor);
     end = to_ns(end, tick_anchor, ns_anchor);
@@ -382,7 +459,10 @@ static PyObject *Engine_round(EngineObject *self, PyObject *args, PyObject *kwds
     for (int i = 0; i < held; i++) PyBuffer_Release(&v[i]);
     if (self->rt.failure) {
         self->broken = 1;
-        if (self->rt.failure == NDIS_FAIL_MEMORY)
+        if (self->rt.failure == NDIS_FAIL_TAP && self->tap_error[0] != NULL) {
+            PyErr_Restore(self->tap_error[0], self->tap_error[1], self->tap_error[2]);
+            self->tap_error[0] = self->tap_error[1] = self->tap_error[2] = NULL;
+        } else if (self->rt.failure == NDIS_FAIL_MEMORY)
             PyErr_Format(PyExc_MemoryError, "native core: out of memory in %s (send call %lld)",
                          self->rt.failure_text, (long long)done);
         else
@@ -449,6 +529,10 @@ static PyMethodDef Engine_methods[] = {
      "One timed round: per call t0 = before build, t1 = after build, t2 = after submit; complete[k] = after the\n"
      "completion call of packet k. Paced: due = start + offsets. capture gathers every NB (bytes, lengths, NBs\n"
      "per packet as int64 bytes)."},
+    {"attach_tap", (PyCFunction)Engine_attach_tap, METH_VARARGS,
+     "attach_tap(fd, drain, window, half, budget, overhead): every NB is written to fd (one writev) from now on;\n"
+     "drain(log, size) -> (in_flight, in_flight_bytes) is the far side (log: int64 position, k, n, bytes or -errno\n"
+     "per frame; size -1: read, else make room for a frame of size bytes)."},
     {"counters", (PyCFunction)Engine_counters, METH_NOARGS, "The counters, in COUNTER_NAMES order."},
     {"stats", (PyCFunction)Engine_stats, METH_NOARGS, "The strategy's own counts (pool_growth, failed_sends, ...)."},
     {"close", (PyCFunction)Engine_close, METH_NOARGS, "Drain the miniport, unbind the strategy (counted)."},

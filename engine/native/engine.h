@@ -2,6 +2,8 @@
 #ifndef NDIS_REPLAY_NATIVE_ENGINE_H
 #define NDIS_REPLAY_NATIVE_ENGINE_H
 
+#include <sys/uio.h>
+
 #include "ndis.h"
 
 /* The replay input (engine/replay.py ReplayInput): n packets, C calls, one contiguous data buffer. */
@@ -32,6 +34,30 @@ typedef struct _WIRE_CAPTURE {
     int64_t frames, packets, frames_capacity, packets_capacity;
 } WIRE_CAPTURE;
 
+/* The tap variant's wire (engine/miniports/tap.py): each NB's frame goes to a TAP/TUN fd with one writev (an iovec per
+ * MDL, no copy). The far side is read and checked in Python: `room` hands it the frames written since the last call
+ * (`log`, 4 int64 per frame: packet position in transmit order, fragment k, of n, bytes written or -errno when the
+ * device refused it), asks it to read (size -1) or to make room for a frame of `size` bytes (back-pressure), and
+ * takes back what is still unread (in_flight, in_flight_bytes); 0 on success, -1 when Python raised. */
+typedef struct _TAP_WIRE TAP_WIRE;
+struct _TAP_WIRE {
+    int fd;
+    int64_t window, half, budget, overhead; /* frames; frames; kernel bytes; kernel bytes per frame beyond its length */
+    int64_t in_flight, in_flight_bytes;     /* written and not yet read on the far side, as of the last room() */
+    int64_t position;                       /* the next transmitted packet's position in this round */
+    int64_t *log;
+    int64_t logged, log_capacity; /* int64 items */
+    struct iovec *iov;
+    int64_t iov_capacity;
+    uint8_t *scratch; /* a frame of more MDLs than IOV_MAX, gathered */
+    int64_t scratch_capacity;
+    int (*room)(TAP_WIRE *t, int64_t size);
+    void *context;
+    int raised; /* room() failed: Python raised */
+};
+#define NDIS_FAIL_TAP 3 /* the far side (Python) raised: the round stops and the exception propagates */
+int TapRoom(TAP_WIRE *t, int64_t size); /* hand the log over: t->room, then the log is empty */
+
 typedef struct _LOOPBACK {
     NDIS_RT *rt;
     int kind;
@@ -42,6 +68,7 @@ typedef struct _LOOPBACK {
     int64_t *complete_ns;
     int64_t completed;
     WIRE_CAPTURE *wire;
+    TAP_WIRE *tap; /* NULL: no device (the loopback); else every NB is written to it at send time */
     /* pending work, FIFO, linked through MiniportReserved[0] (the miniport's own field): chain heads with their NBL
      * count in MiniportReserved[1] and, under delay, the send time in Scratch (deferred, delay), or single NBLs
      * (batched) */

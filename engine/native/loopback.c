@@ -5,11 +5,16 @@
  * use), never in a timed round. complete_ns[k] is read right after the completion call of packet k returns (in clock
  * ticks: the engine converts them to ns after the round, clock.h).
  * NDIS 5 side: MiniportSendPackets sets each packet's status PENDING (NDIS_SET_PACKET_STATUS) and completes each with
- * its own NdisMSendComplete, grouped by the same policies (NDIS 5 has no chained completion). */
+ * its own NdisMSendComplete, grouped by the same policies (NDIS 5 has no chained completion).
+ * The tap variant (mp->tap set, engine.h TAP_WIRE): at send time, before completion, every NB (NDIS 5: every packet)
+ * is written to the TAP/TUN fd with one writev, an iovec per MDL, as engine/miniports/tap.py's _DeviceWire does. */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "clock.h"
 #include "engine.h"
@@ -81,6 +86,136 @@ static void transmit(LOOPBACK *mp, NET_BUFFER_LIST *chain) {
     }
 }
 
+/* --- the tap variant: one writev per NB (engine/miniports/tap.py _DeviceWire) ------------------------------------ */
+
+/* iovecs one writev takes on Linux (UIO_MAXIOV) */
+#define TAP_IOV_MAX 1024
+
+int TapRoom(TAP_WIRE *t, int64_t size) {
+    if (t->room(t, size)) {
+        t->raised = 1;
+        return -1;
+    }
+    t->logged = 0;
+    return 0;
+}
+
+static int tap_iov(TAP_WIRE *t, int64_t count) {
+    return grow((void **)&t->iov, &t->iov_capacity, count, sizeof(struct iovec));
+}
+
+static int tap_write(LOOPBACK *mp, int count, int64_t length, int64_t position, int64_t k, int64_t n) {
+    /* back-pressure first (as _DeviceWire.transmit: make room, then write), then the write, then the log */
+    TAP_WIRE *t = mp->tap;
+    if (t->in_flight >= t->window || t->in_flight_bytes + length + t->overhead > t->budget) {
+        if (TapRoom(t, length)) return -1;
+    }
+    struct iovec *iov = t->iov;
+    struct iovec one;
+    if (count > TAP_IOV_MAX) { /* more MDLs than one writev takes: gathered into one buffer, as DMA to a bounce buffer */
+        if (grow((void **)&t->scratch, &t->scratch_capacity, length, 1)) return -1;
+        int64_t at = 0;
+        for (int i = 0; i < count; i++) {
+            memcpy(t->scratch + at, iov[i].iov_base, iov[i].iov_len);
+            at += (int64_t)iov[i].iov_len;
+        }
+        one.iov_base = t->scratch;
+        one.iov_len = (size_t)length;
+        iov = &one;
+        count = 1;
+    }
+    ssize_t wrote;
+    do {
+        wrote = writev(t->fd, iov, count);
+    } while (wrote < 0 && errno == EINTR);
+    int64_t result = wrote < 0 ? -(int64_t)errno : length;
+    if (wrote >= 0) {
+        t->in_flight += 1;
+        t->in_flight_bytes += length + t->overhead;
+    }
+    if (grow((void **)&t->log, &t->log_capacity, t->logged + 4, sizeof(int64_t))) return -1;
+    int64_t *record = t->log + t->logged;
+    record[0] = position;
+    record[1] = k;
+    record[2] = n;
+    record[3] = result;
+    t->logged += 4;
+    return 0;
+}
+
+static int tap_nb(LOOPBACK *mp, NET_BUFFER *nb, int64_t position, int64_t k, int64_t n) {
+    /* the iovec of DataLength bytes from DataOffset along the MDL chain (or CurrentMdl + CurrentMdlOffset) */
+    TAP_WIRE *t = mp->tap;
+    uint32_t remaining = nb->DataLength;
+    MDL *mdl;
+    uint32_t offset;
+    if (mp->from_current_mdl) {
+        mdl = nb->CurrentMdl;
+        offset = nb->CurrentMdlOffset;
+    } else {
+        mdl = nb->MdlChain;
+        offset = nb->DataOffset;
+        while (mdl != NULL && offset >= mdl->ByteCount) {
+            offset -= mdl->ByteCount;
+            mdl = mdl->Next;
+        }
+    }
+    int count = 0;
+    int64_t length = 0;
+    while (mdl != NULL && remaining > 0) {
+        uint32_t take = mdl->ByteCount - offset;
+        if (take > remaining) take = remaining;
+        if (take > 0) {
+            if (tap_iov(t, count + 1)) return -1;
+            t->iov[count].iov_base = (uint8_t *)mdl->MappedSystemVa + offset;
+            t->iov[count].iov_len = take;
+            count++;
+            length += take;
+            remaining -= take;
+        }
+        offset = 0;
+        mdl = mdl->Next;
+    }
+    return tap_write(mp, count, length, position, k, n);
+}
+
+static void tap_fail(LOOPBACK *mp) {
+    if (mp->rt->failure) return;
+    mp->rt->failure = mp->tap->raised ? NDIS_FAIL_TAP : NDIS_FAIL_MEMORY;
+    mp->rt->failure_text = mp->tap->raised ? "tap miniport: the far side" : "tap miniport: iovec or log";
+}
+
+static void tap_transmit(LOOPBACK *mp, NET_BUFFER_LIST *chain) {
+    for (NET_BUFFER_LIST *nbl = chain; nbl != NULL; nbl = nbl->Next) {
+        int64_t n = 0;
+        for (NET_BUFFER *nb = nbl->FirstNetBuffer; nb != NULL; nb = nb->Next) n++;
+        int64_t position = mp->tap->position++;
+        int64_t k = 0;
+        for (NET_BUFFER *nb = nbl->FirstNetBuffer; nb != NULL; nb = nb->Next, k++) {
+            if (tap_nb(mp, nb, position, k, n)) {
+                tap_fail(mp);
+                return;
+            }
+        }
+    }
+}
+
+static int tap_packet(LOOPBACK *mp, NDIS_PACKET *packet) {
+    /* an NDIS 5 packet's frame: every chained buffer's ByteCount bytes, one iovec each */
+    TAP_WIRE *t = mp->tap;
+    int count = 0;
+    int64_t length = 0;
+    for (MDL *buffer = packet->Private.Head; buffer != NULL; buffer = buffer->Next) {
+        if (buffer->ByteCount == 0) continue;
+        if (tap_iov(t, count + 1)) return -1;
+        t->iov[count].iov_base = buffer->MappedSystemVa;
+        t->iov[count].iov_len = buffer->ByteCount;
+        count++;
+        length += buffer->ByteCount;
+    }
+    return tap_write(mp, count, length, t->position++, 0, 1);
+}
+
 static inline void stamp(LOOPBACK *mp, int64_t n) {
     int64_t *stamps = mp->complete_ns;
     int64_t k = mp->completed;
@@ -111,6 +246,7 @@ static inline NET_BUFFER_LIST *dequeue(LOOPBACK *mp) {
 static void send_sync(void *context, NET_BUFFER_LIST *chain) {
     LOOPBACK *mp = context;
     if (mp->wire != NULL) transmit(mp, chain);
+    if (mp->tap != NULL) tap_transmit(mp, chain);
     int64_t n = 0;
     for (NET_BUFFER_LIST *nbl = chain; nbl != NULL; nbl = nbl->Next) {
         nbl->Status = NDIS_STATUS_SUCCESS;
@@ -124,6 +260,7 @@ static void send_sync(void *context, NET_BUFFER_LIST *chain) {
 static void send_queue(void *context, NET_BUFFER_LIST *chain) {
     LOOPBACK *mp = context;
     if (mp->wire != NULL) transmit(mp, chain);
+    if (mp->tap != NULL) tap_transmit(mp, chain);
     int64_t n = 0;
     for (NET_BUFFER_LIST *nbl = chain; nbl != NULL; nbl = nbl->Next) {
         nbl->Status = NDIS_STATUS_SUCCESS;
@@ -138,6 +275,7 @@ static void send_queue(void *context, NET_BUFFER_LIST *chain) {
 static void send_queue_nbls(void *context, NET_BUFFER_LIST *chain) {
     LOOPBACK *mp = context;
     if (mp->wire != NULL) transmit(mp, chain);
+    if (mp->tap != NULL) tap_transmit(mp, chain);
     NET_BUFFER_LIST *nbl = chain;
     while (nbl != NULL) {
         NET_BUFFER_LIST *next = nbl->Next; /* Next stays as sent until the miniport relinks at completion */
@@ -187,6 +325,10 @@ static int accept_packets(LOOPBACK *mp, NDIS_PACKET **packets, uint32_t count) {
         if (mp->wire != NULL && gather_packet(mp, packets[i])) {
             mp->rt->failure = NDIS_FAIL_MEMORY;
             mp->rt->failure_text = "loopback wire capture";
+            return -1;
+        }
+        if (mp->tap != NULL && tap_packet(mp, packets[i])) {
+            tap_fail(mp);
             return -1;
         }
         NDIS_SET_PACKET_STATUS(mp->rt, packets[i], NDIS_STATUS_PENDING);
