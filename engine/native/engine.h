@@ -125,6 +125,10 @@ struct _STRATEGY {
 /* strategies6.c: bind copy, cache or clone (StrategyBind's contract) */
 int Strategy6Bind(STRATEGY *s, int which, const int64_t p[5], int64_t max_in_flight);
 
+/* a driver's free list filled at bind: `depth` NBLs (0: enough for the most in flight, at least one call), reversed
+ * so that pop() hands out the first allocated first; an allocation failure stops it (rt->failure says why) */
+void FillFreeList(STRATEGY *s, int64_t depth, int64_t max_in_flight, NET_BUFFER_LIST *(*allocate)(STRATEGY *s));
+
 /* binds (pools, the free list); 0 on success, -1 on invalid parameters, rt->failure on failed allocations */
 int StrategyBind(STRATEGY *s, int which, const int64_t p[5], NDIS_RT *rt, const REPLAY_INPUT *in,
                  int64_t max_in_flight);

@@ -17,25 +17,6 @@ const char *const ndis_counter_names[] = {
 #undef NDIS_COUNTER_NAME
 };
 
-#define PEAK(c, kind)                                                                                               \
-    do {                                                                                                            \
-        int64_t out_ = (c)->kind##_allocs - (c)->kind##_frees;                                                      \
-        if (out_ > (c)->kind##_peak) (c)->kind##_peak = out_;                                                       \
-    } while (0)
-
-static void sys_alloc(NDIS_COUNTERS *c, int64_t size) {
-    c->sys_allocs += 1;
-    c->mem_bytes += size;
-    if (c->mem_bytes > c->mem_peak) c->mem_peak = c->mem_bytes;
-}
-
-static void fail(NDIS_RT *rt, int kind, const char *text) {
-    if (!rt->failure) {
-        rt->failure = kind;
-        rt->failure_text = text;
-    }
-}
-
 void NdisRtInit(NDIS_RT *rt) {
     memset(rt, 0, sizeof(*rt));
 }

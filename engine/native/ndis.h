@@ -330,4 +330,25 @@ static inline uint32_t round_up(uint32_t value, uint32_t multiple) {
     return (value + multiple - 1) / multiple * multiple;
 }
 
+/* --- shared by the .c files: peak gauges, general-allocator accounting, the first failure of a round ------------ */
+
+#define PEAK(c, kind)                                                                                               \
+    do {                                                                                                            \
+        int64_t out_ = (c)->kind##_allocs - (c)->kind##_frees;                                                      \
+        if (out_ > (c)->kind##_peak) (c)->kind##_peak = out_;                                                       \
+    } while (0)
+
+static inline void sys_alloc(NDIS_COUNTERS *c, int64_t size) {
+    c->sys_allocs += 1;
+    c->mem_bytes += size;
+    if (c->mem_bytes > c->mem_peak) c->mem_peak = c->mem_bytes;
+}
+
+static inline void fail(NDIS_RT *rt, int kind, const char *text) {
+    if (!rt->failure) {
+        rt->failure = kind;
+        rt->failure_text = text;
+    }
+}
+
 #endif

@@ -10,25 +10,6 @@
 
 #include "engine.h"
 
-#define PEAK(c, kind)                                                                                               \
-    do {                                                                                                            \
-        int64_t out_ = (c)->kind##_allocs - (c)->kind##_frees;                                                      \
-        if (out_ > (c)->kind##_peak) (c)->kind##_peak = out_;                                                       \
-    } while (0)
-
-static void sys_alloc(NDIS_COUNTERS *c, int64_t size) {
-    c->sys_allocs += 1;
-    c->mem_bytes += size;
-    if (c->mem_bytes > c->mem_peak) c->mem_peak = c->mem_bytes;
-}
-
-static void fail(NDIS_RT *rt, int kind, const char *text) {
-    if (!rt->failure) {
-        rt->failure = kind;
-        rt->failure_text = text;
-    }
-}
-
 uint32_t NdisPacketSize(uint32_t ProtocolReservedSize) {
     /* DERIVED (engine/ndis/constants.py ndis_packet_size): the packet up to ProtocolReserved, ProtocolReserved
      * rounded up to a pointer, then the OOB data and the packet extension, the whole rounded up to 16 */

@@ -153,14 +153,18 @@ static int ReuseBind(STRATEGY *s, int64_t max_in_flight) {
     s->build = ReuseBuild;
     s->submit = ReuseSubmit;
     s->unbind = ReuseUnbind;
-    int64_t depth = s->p[REUSE_DEPTH];
+    FillFreeList(s, s->p[REUSE_DEPTH], max_in_flight, ReuseAllocate);
+    return 0;
+}
+
+void FillFreeList(STRATEGY *s, int64_t depth, int64_t max_in_flight, NET_BUFFER_LIST *(*allocate)(STRATEGY *s)) {
     if (!depth) {
         depth = max_in_flight > s->in->max_call ? max_in_flight : s->in->max_call;
         if (depth < 1) depth = 1;
     }
     for (int64_t i = 0; i < depth; i++) {
-        NET_BUFFER_LIST *nbl = ReuseAllocate(s);
-        if (nbl == NULL) return 0; /* rt->failure says why */
+        NET_BUFFER_LIST *nbl = allocate(s);
+        if (nbl == NULL) return; /* rt->failure says why */
         s->free_nbls[s->free_count++] = nbl;
     }
     for (int64_t i = 0, j = s->free_count - 1; i < j; i++, j--) { /* pop() hands out the first allocated first */
@@ -168,7 +172,6 @@ static int ReuseBind(STRATEGY *s, int64_t max_in_flight) {
         s->free_nbls[i] = s->free_nbls[j];
         s->free_nbls[j] = t;
     }
-    return 0;
 }
 
 /* ================================ alloc (ndisprot 6x NdisprotWrite / SendComplete) ================================ */

@@ -182,21 +182,7 @@ static int CopyBind(STRATEGY *s, int64_t max_in_flight) {
     s->submit = CopySubmit;
     s->unbind = CopyUnbind;
     s->stats = CopyStats;
-    int64_t depth = s->p[COPY_DEPTH];
-    if (!depth) {
-        depth = max_in_flight > s->in->max_call ? max_in_flight : s->in->max_call;
-        if (depth < 1) depth = 1;
-    }
-    for (int64_t i = 0; i < depth; i++) {
-        NET_BUFFER_LIST *nbl = CopyAllocate(s);
-        if (nbl == NULL) return 0; /* rt->failure says why */
-        s->free_nbls[s->free_count++] = nbl;
-    }
-    for (int64_t i = 0, j = s->free_count - 1; i < j; i++, j--) { /* pop() hands out the first allocated first */
-        NET_BUFFER_LIST *t = s->free_nbls[i];
-        s->free_nbls[i] = s->free_nbls[j];
-        s->free_nbls[j] = t;
-    }
+    FillFreeList(s, s->p[COPY_DEPTH], max_in_flight, CopyAllocate);
     return 0;
 }
 
