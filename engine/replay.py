@@ -384,6 +384,101 @@ def parse_pacing(text: str) -> Pacing:
 ASAP = Pacing("asap")
 
 
+# --- timing -------------------------------------------------------------------------------------------------------
+
+#: calls per clock reading under ``runs`` when no count is given (``auto`` on the native engine): one ~20 ns
+#: reading shared by 32 calls is under 1 ns per packet, while a run stays short enough (~0.5 µs native) that
+#: a slow call (pool growth, a page fault) still shows in the upper percentiles
+DEFAULT_RUN_CALLS = 32
+TIMING_CHOICES = ("auto", "call", "runs", "runs:N (e.g. runs:64)")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How a timed round reads the clock.
+
+    * ``call``: before build, after build, after submit and at each completion — per-packet latency and the
+      build/send split. The readings sit inside every latency window: on the native engine they are as long as
+      the work measured (one reading ~20 ns, reuse ~10-20 ns), which squeezes the strategies' ratios towards 1.
+    * ``runs:N``: once per run of N consecutive calls (chained: a run's end is the next one's start); each
+      packet's latency is its share, by packets, of its run's time — the run's mean per packet, the way pyperf
+      times loops of a statement — and the build/send split is not measured (build 0). Needs sync completion
+      and no pacing (a packet's latency is then the time spent in its call).
+    * ``auto``: ``runs`` of :data:`DEFAULT_RUN_CALLS` on the native engine with sync completion and no pacing,
+      ``call`` otherwise (in Python a reading is ~5% of a call's interpreter time).
+    """
+
+    rule: str  # "auto" | "call" | "runs"
+    calls: int = DEFAULT_RUN_CALLS
+
+    def __str__(self) -> str:
+        return f"runs:{self.calls}" if self.rule == "runs" else self.rule
+
+    def run_calls(self, engine: str, completion: CompletionPolicy, pacing: Pacing) -> int:
+        """Calls per clock reading for one strategy's timed rounds (1: per call). Raises :class:`ConfigError`
+        for ``runs`` with a completion policy other than sync or with pacing."""
+        if self.rule == "call":
+            return 1
+        fits = completion.kind == "sync" and pacing.kind == "asap"
+        if self.rule == "auto":
+            return DEFAULT_RUN_CALLS if engine == "native" and fits else 1
+        if not fits:
+            raise ConfigError(
+                "timing", str(self), "needs --completion sync and --pace asap (a packet's latency must be its call)"
+            )
+        return self.calls
+
+
+def parse_timing(text: str) -> Timing:
+    """``auto``, ``call``, ``runs`` or ``runs:N`` (1 ≤ N ≤ 1,000,000)."""
+    t = text.strip().lower()
+    if t in ("auto", "call"):
+        return Timing(t)
+    if t == "runs":
+        return Timing("runs")
+    kind, _, value = t.partition(":")
+    if kind == "runs" and value.isdigit() and 1 <= int(value) <= 1_000_000:
+        return Timing("runs", int(value))
+    raise ConfigError("timing", text, "unknown timing", TIMING_CHOICES)
+
+
+AUTO_TIMING = Timing("auto")
+
+
+def timing_text(run_calls: int) -> str:
+    """How a strategy's rounds were timed, as run.json records it: ``call`` or ``runs:N``."""
+    return "call" if run_calls == 1 else f"runs:{run_calls}"
+
+
+def spread_runs(
+    t0: Int64Array, t1: Int64Array, t2: Int64Array, complete: Int64Array, call_start: Int64Array, run_calls: int
+) -> None:
+    """Timing by runs, in place: from the run readings (``t0`` of each run's first call, ``t2`` of its last) give
+    every call its share of the run's time by packets — ``t0``/``t2`` the start/end of its share, ``t1 = t0`` —
+    and every completed packet (``complete >= 0``) its call's end. A run whose readings are missing (the round
+    stopped inside it) is left alone: that round's latencies are not used."""
+    calls = len(t0)
+    if run_calls <= 1 or calls == 0:
+        return
+    firsts = np.arange(0, calls, run_calls)
+    lasts = np.minimum(firsts + run_calls, calls) - 1
+    a, c = t0[firsts].copy(), t2[lasts].copy()
+    whole = (a > 1) & (c > 1)
+    packet_first = call_start[firsts]
+    share = (c - a) / (call_start[lasts + 1] - packet_first)  # ns per packet of each run
+    run = np.arange(calls) // run_calls
+    keep = whole[run]
+    begin = a[run] + np.rint(share[run] * (call_start[:-1] - packet_first[run])).astype(np.int64)
+    finish = a[run] + np.rint(share[run] * (call_start[1:] - packet_first[run])).astype(np.int64)
+    t0[keep] = begin[keep]
+    t1[keep] = begin[keep]
+    t2[keep] = finish[keep]
+    counts = np.diff(call_start)
+    ends = np.repeat(np.where(keep, finish, -1), counts)
+    done = (complete >= 0) & (ends >= 0)
+    complete[done] = ends[done]
+
+
 # --- timer ------------------------------------------------------------------------------------------------------
 
 
@@ -453,6 +548,25 @@ def _loop_poll(
         t0[k] = a
         t1[k] = b
         t2[k] = c
+
+
+def _loop_runs(
+    calls: Sequence[SendCall], build: _Build, submit: _Submit, t0: memoryview, t2: memoryview, run_calls: int
+) -> None:
+    # Timing.runs: one reading per run, chained; t2 = 1 marks a call that returned (where an exception happened
+    # shows as the first 0); spread_runs shares each run out afterwards
+    pc = _pc
+    n = len(calls)
+    a = pc()
+    for first in range(0, n, run_calls):
+        last = min(first + run_calls, n)
+        for k in range(first, last):
+            submit(build(calls[k]))
+            t2[k] = 1
+        c = pc()
+        t0[first] = a
+        t2[last - 1] = c
+        a = c
 
 
 def _wait(target: int) -> None:
@@ -566,6 +680,68 @@ class RoundOutcome:
     span_ns: int = 0
     #: the far side's counts for this round (device-backed miniports only)
     delivery: dict[str, int] | None = None
+
+
+def finish_round(
+    inp: ReplayInput,
+    call_of: Int64Array,
+    number: int,
+    warmup: bool,
+    span: tuple[int, int],
+    stamps: tuple[Int64Array, Int64Array, Int64Array],
+    complete: Int64Array,
+    due: Int64Array | None,
+    run_calls: int,
+    error: Finding | None,
+    counts: dict[str, int],
+    gauges: dict[str, int],
+    delivery: dict[str, int] | None,
+) -> RoundOutcome:
+    """A timed round's outcome from its readings, for both engines: runs shared out (:func:`spread_runs`),
+    latency from each call's start (paced: its scheduled time), a packet never completed → ``NOT-COMPLETED``."""
+    t0, t1, t2 = stamps
+    if error is None:
+        spread_runs(t0, t1, t2, complete, inp.call_start, run_calls)
+    start_ref = t0 if due is None else due
+    reach = int(t0[-1] - start_ref[0]) if error is None and inp.calls > 1 else 0
+    latency = complete - start_ref[call_of]
+    latency[complete < 0] = -1
+    if error is None and (complete < 0).any():
+        missing = int((complete < 0).sum())
+        first = int(inp.index[int(np.flatnonzero(complete < 0)[0])])
+        error = Finding("NOT-COMPLETED", first, "timed round", f"{missing} packets were never completed", ERROR)
+    return RoundOutcome(
+        number=number,
+        warmup=warmup,
+        start_ns=int(span[0]),
+        end_ns=int(span[1]),
+        latency_ns=latency,
+        build_ns=t1 - t0,
+        send_ns=t2 - t1,
+        counts=counts,
+        gauges=gauges,
+        error=error,
+        lag_ns=None if due is None else t0 - due,
+        span_ns=reach,
+        delivery=delivery,
+    )
+
+
+def floor_round(
+    inp: ReplayInput,
+    call_of: Int64Array,
+    number: int,
+    warmup: bool,
+    span: tuple[int, int],
+    stamps: Sequence[Int64Array],
+    complete: Int64Array,
+    run_calls: int,
+) -> RoundOutcome:
+    """:func:`finish_round` for a no-op floor round (both engines): nothing counted, no error, no far side."""
+    t0, t1, t2 = stamps
+    counts = dict.fromkeys(COUNT_FIELDS, 0)
+    stamped = (t0, t1, t2)
+    return finish_round(inp, call_of, number, warmup, span, stamped, complete, None, run_calls, None, counts, {}, None)
 
 
 class TeeWire(WireSink):
@@ -695,8 +871,11 @@ class StrategyReplayer:
         pacing: Pacing = ASAP,
         cost_profile: CostProfile | None = None,
         max_findings_per_rule: int = 100,
+        run_calls: int = 1,
     ) -> None:
         self.inp = inp
+        #: calls per clock reading in timed rounds (:meth:`Timing.run_calls`; 1: per call)
+        self.run_calls = run_calls
         self.make_strategy = make_strategy
         self.make_miniport = make_miniport
         self.completion = completion
@@ -861,6 +1040,8 @@ class StrategyReplayer:
             if offsets is not None:
                 due = (offsets + start).tolist()
                 _loop_paced(self.calls, build, submit, poll, t0, t1, t2, due)
+            elif self.run_calls > 1:
+                _loop_runs(self.calls, build, submit, t0, t2, self.run_calls)
             elif poll is None:
                 _loop(self.calls, build, submit, t0, t1, t2)
             else:
@@ -882,34 +1063,26 @@ class StrategyReplayer:
             try:
                 far = miniport.delivery()  # after the timed window: reads what is left on the far side
             except Exception as exc:
-                self.failed = True
                 error = exception_finding(exc, -1, "timed round, far side")
             else:
                 delivery = far[0] if far is not None else None
-        start_ref = self._t0 if due is None else np.asarray(due, dtype=np.int64)
-        span = int(self._t0[-1] - start_ref[0]) if error is None and self.inp.calls > 1 else 0
-        latency = complete - start_ref[self.call_of]
-        latency[complete < 0] = -1
-        if error is None and (complete < 0).any():
-            missing = int((complete < 0).sum())
-            first = int(self.inp.index[int(np.flatnonzero(complete < 0)[0])])
-            error = Finding("NOT-COMPLETED", first, "timed round", f"{missing} packets were never completed", ERROR)
-            self.failed = True
-        return RoundOutcome(
-            number=number,
-            warmup=warmup,
-            start_ns=start,
-            end_ns=end,
-            latency_ns=latency,
-            build_ns=self._t1 - self._t0,
-            send_ns=self._t2 - self._t1,
-            counts=dict(zip(COUNT_FIELDS, (a - b for a, b in zip(after, before, strict=True)), strict=True)),
-            gauges=_gauges(ndis),
-            error=error,
-            lag_ns=None if due is None else self._t0 - start_ref,
-            span_ns=span,
-            delivery=delivery,
+        outcome = finish_round(
+            self.inp,
+            self.call_of,
+            number,
+            warmup,
+            (start, end),
+            (self._t0, self._t1, self._t2),
+            complete,
+            None if due is None else np.asarray(due, dtype=np.int64),
+            self.run_calls,
+            error,
+            dict(zip(COUNT_FIELDS, (a - b for a, b in zip(after, before, strict=True)), strict=True)),
+            _gauges(ndis),
+            delivery,
         )
+        self.failed = self.failed or outcome.error is not None
+        return outcome
 
     def close_timed(self) -> dict[str, int]:
         """Unbind the timed strategy (after draining) and return its own counts; errors here are ignored (the
@@ -969,6 +1142,8 @@ class LoopBaseline:
 
     inp: ReplayInput
     pacing: Pacing = ASAP
+    #: calls per clock reading, as the strategies' rounds (1: per call)
+    run_calls: int = 1
     calls: list[SendCall] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -987,29 +1162,25 @@ class LoopBaseline:
         gc.disable()
         try:
             start = _pc()
-            _loop(self.calls, noop.build, noop.submit, t0, t1, t2)
+            if self.run_calls > 1:
+                _loop_runs(self.calls, noop.build, noop.submit, t0, t2, self.run_calls)
+            else:
+                _loop(self.calls, noop.build, noop.submit, t0, t1, t2)
             end = _pc()
         finally:
             if enabled:
                 gc.enable()
-        a0, a1, a2 = self._t
-        return RoundOutcome(
-            number=number,
-            warmup=warmup,
-            start_ns=start,
-            end_ns=end,
-            latency_ns=self._complete - a0[self._call_of],
-            build_ns=a1 - a0,
-            send_ns=a2 - a1,
-            counts=dict.fromkeys(COUNT_FIELDS, 0),
-            gauges={},
-        )
+        span = (start, end)
+        return floor_round(self.inp, self._call_of, number, warmup, span, self._t, self._complete, self.run_calls)
 
 
 __all__ = [
     "ASAP",
+    "AUTO_TIMING",
+    "DEFAULT_RUN_CALLS",
     "HARNESS_RULES",
     "PACING_CHOICES",
+    "TIMING_CHOICES",
     "CheckOutcome",
     "CompareWire",
     "LoopBaseline",
@@ -1019,10 +1190,16 @@ __all__ = [
     "StrategyReplayer",
     "TeeWire",
     "TimerCalibration",
+    "Timing",
     "calibrate_timer",
     "compare_wire",
     "delivery_problems",
     "exception_finding",
+    "finish_round",
+    "floor_round",
     "parse_pacing",
+    "parse_timing",
     "rate_over",
+    "spread_runs",
+    "timing_text",
 ]

@@ -189,6 +189,12 @@ def _(exc: RunMismatch) -> str:
         assert isinstance(exc.base, dict) and isinstance(exc.new, dict)
         diffs = ", ".join(f"{f} {exc.base[f]!r} vs {exc.new[f]!r}" for f in exc.fields)
         return f"{head}: they ran on different hosts ({diffs}); timings compare only within one host"
+    if exc.kind == "measurement":
+        assert isinstance(exc.base, dict) and isinstance(exc.new, dict)
+        diffs = ", ".join(f"{n} {exc.base[n]} vs {exc.new[n]}" for n in exc.fields)
+        return (
+            f"{head}: strategies were measured differently ({diffs}); rerun with the baseline's --engine and --timing"
+        )
     base = ", ".join(str(n) for n in exc.base) if isinstance(exc.base, tuple) else str(exc.base)
     new = ", ".join(str(n) for n in exc.new) if isinstance(exc.new, tuple) else str(exc.new)
     return f"{head}: no strategy in common ({base} vs {new})"
@@ -946,12 +952,12 @@ def _render_run(result: RunResult, out: Path | None) -> None:
         row.append(_findings_cell(s))
         table.add_row(*row)
     console.print(table)
-    notes = []
-    if result.timer_overhead_ns is not None:
-        notes.append(f"timer: {result.timer_overhead_ns} ns per perf_counter_ns pair")
-    floor = result.measurement_overhead
-    if floor and floor.get("p50_ns") is not None:
-        notes.append(f"harness floor (no-op strategy): p50 {_fmt_ns(floor['p50_ns'])}")
+    notes = _clock_notes(result)
+    floors = result.measurement_overheads or [result.measurement_overhead or {}]
+    for floor in floors:
+        if floor.get("p50_ns") is not None:
+            how = ", ".join(str(floor[k]) for k in ("engine", "timing") if floor.get(k))
+            notes.append(f"harness floor (no-op strategy{', ' + how if how else ''}): p50 {_fmt_ns(floor['p50_ns'])}")
     if modelled and result.cost_profile is not None:
         notes.append(f"modelled cost: profile {result.cost_profile['name']!r}")
     if notes:
@@ -967,6 +973,25 @@ def _rate_text(pps: float | None, mbps: float | None) -> str:
     if pps is None:
         return "—"
     return f"{pps:,.0f} packets/s ({mbps or 0:,.2f} Mbit/s)"
+
+
+def _clock_notes(result: RunResult) -> list[str]:
+    """One note per (engine, timing) that timed a strategy: its clock pair's cost and how rounds were timed."""
+    seen: dict[tuple[str, str], int | None] = {}
+    for s in result.strategies:
+        if s.timed and s.engine is not None:
+            seen.setdefault((s.engine, s.timing or "call"), s.timer.get("median_ns"))
+    if not seen:  # files from before engines were recorded: Python, per call
+        if result.timer_overhead_ns is None:
+            return []
+        return [f"timer: {result.timer_overhead_ns} ns per perf_counter_ns pair"]
+    notes = []
+    for (engine, timing), pair in seen.items():
+        clock = "native clock" if engine == "native" else "perf_counter_ns"
+        calls = timing.partition(":")[2]
+        how = "per call" if timing == "call" else f"by runs of {calls} calls (a packet: its run's mean)"
+        notes.append(f"{engine}: {pair} ns per {clock} pair, timed {how}")
+    return notes
 
 
 def _pace_lines(result: RunResult) -> list[str]:
@@ -1129,6 +1154,17 @@ def _write_reports(
 )
 @click.option("--pacing", "pacing", metavar="RULE", hidden=True, help="Old name of --pace (still accepted).")
 @click.option(
+    "--timing",
+    "timing_rule",
+    metavar="RULE",
+    default="auto",
+    show_default=True,
+    help="How timed rounds read the clock: call (before and after every send call: per-packet latency with the "
+    "build/send split), runs:N (once per N calls: each packet gets its run's mean; sync completion, --pace asap), "
+    "runs (runs:32), auto (runs on the native engine where it applies, else call). The native engine's clock reading "
+    "(~20 ns) is as long as reuse's whole send: timed per call its ratios are squeezed towards 1.",
+)
+@click.option(
     "--cost-profile",
     "cost_profile_path",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -1168,6 +1204,7 @@ def run(
     warmup: int,
     pace: str | None,
     pacing: str | None,
+    timing_rule: str,
     cost_profile_path: Path | None,
     out: Path | None,
     wire: Path | None,
@@ -1192,7 +1229,7 @@ def run(
     --report, --markdown and --junit write the report of the run (of every trace, with the baseline comparison).
     """
     from ndis_replay.engine.ndis.counters import CostProfile
-    from ndis_replay.engine.replay import parse_pacing
+    from ndis_replay.engine.replay import parse_pacing, parse_timing
     from ndis_replay.results import save
     from ndis_replay.runner import run_trace
 
@@ -1200,6 +1237,7 @@ def run(
     if pace is not None and pacing is not None and pace != pacing:
         raise ConfigError("--pacing", pacing, "is the old name of --pace; give one of them")
     rule = parse_pacing(pace or pacing or "asap")
+    timing = parse_timing(timing_rule)
     # the baseline is checked before any replay: a run that cannot be compared is refused up front
     threshold = _threshold(threshold_text, baseline)
     base_run: RunResult | None = None
@@ -1211,7 +1249,10 @@ def run(
         base_run = load(baseline)
     specs, options = _resolve(strategy_names, miniport_name, completion, config_path, tap_device, engine)
     profile = CostProfile.from_toml(cost_profile_path) if cost_profile_path is not None else None
-    options = dataclasses.replace(options, rounds=rounds, warmup=warmup, pacing=rule, cost_profile=profile, pin=pin)
+    options = dataclasses.replace(
+        options, rounds=rounds, warmup=warmup, pacing=rule, cost_profile=profile, pin=pin, timing=timing
+    )
+    timing.run_calls(options.engine, options.completion, rule)  # runs:N with other completion or pacing: exit 2
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     several = len(traces) > 1
     plan: list[tuple[Path, Path, dict[str, Path]]] = []

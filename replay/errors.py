@@ -125,8 +125,9 @@ class TraceFileError(InputError):
 
 class RunMismatch(InputError):
     """Two results directories that cannot be compared. ``kind`` is ``"trace"`` (different sha256), ``"host"``
-    (``fields`` names the differing host fields) or ``"strategies"`` (none in common); ``base`` and ``new`` hold
-    the differing values (per field for a host), ``base_label`` / ``new_label`` name the two runs."""
+    (``fields`` names the differing host fields), ``"measurement"`` (``fields`` names the strategies timed by a
+    different engine or timing rule) or ``"strategies"`` (none in common); ``base`` and ``new`` hold the differing
+    values (per field or strategy), ``base_label`` / ``new_label`` name the two runs."""
 
     def __init__(
         self,

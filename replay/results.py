@@ -20,7 +20,8 @@ Format version history (also in the README):
 null), and the summary's percentiles are nearest rank (version 1 interpolated linearly), as everywhere in the reports
 (issue 4). Version 1 directories are still read: the report treats the missing fields as absent. Later, still
 version 2 (optional fields, absent from older files and read as None): ``requested_rate`` and each strategy's
-``pace`` (achieved rate and lateness, issue 6).
+``pace`` (achieved rate and lateness, issue 6); each strategy's ``engine`` and ``timing`` and the measurement
+overhead's ``engine`` and ``timing``, and ``measurement_overheads`` (a floor per way of measuring, issue 7).
 """
 
 from __future__ import annotations
@@ -197,6 +198,10 @@ class StrategyResult:
     #: what ran the timed rounds: "native" (the compiled core) or "python"; None when not timed (and in files
     #: written before it existed: those ran Python). Optional: added within format version 2 (issue 7)
     engine: str | None = None
+    #: how the timed rounds read the clock: "call" (per send call) or "runs:N" (once per N calls, each packet its
+    #: run's mean); None when not timed and in files written before it existed (those timed per call).
+    #: Optional: added within format version 2 (issue 7)
+    timing: str | None = None
 
 
 @dataclass
@@ -228,6 +233,10 @@ class RunResult:
     #: the rate the pacing asks for, {"packets_per_s", "mbit_per_s", "span_s"} over the scheduled span; None for
     #: asap, a schedule of no length, and files written before it existed
     requested_rate: dict[str, float | None] | None = None
+    #: when the strategies were measured in more than one way (engine, timing: a plugin strategy in Python beside
+    #: native built-ins), the floor of each, first the one in ``measurement_overhead``; None otherwise and in files
+    #: written before it existed. Optional: added within format version 2 (issue 7)
+    measurement_overheads: list[dict[str, Any]] | None = None
     format_version: int = RESULTS_FORMAT_VERSION
     packets: pl.DataFrame | None = field(default=None, repr=False, compare=False)
 

@@ -43,6 +43,7 @@ from ndis_replay.engine.miniports.base import CompletionPolicy
 from ndis_replay.engine.ndis.counters import COUNT_FIELDS, CostProfile
 from ndis_replay.engine.replay import (
     ASAP,
+    AUTO_TIMING,
     DELIVERY_PROBLEMS,
     HARNESS_RULES,
     CheckOutcome,
@@ -50,8 +51,10 @@ from ndis_replay.engine.replay import (
     ReplayInput,
     RoundOutcome,
     TimerCalibration,
+    Timing,
     delivery_problems,
     rate_over,
+    timing_text,
 )
 from ndis_replay.engine.verifier import ERROR, RULES, Finding
 from ndis_replay.errors import ConfigError
@@ -105,6 +108,9 @@ class RunOptions:
     #: in Python) or "python" (programs keep the Python engine unless they ask; the CLI's default is native when
     #: the core is built). The checked pass is always Python.
     engine: str = "python"
+    #: how timed rounds read the clock (engine/replay.py Timing): ``auto`` times the native engine by runs of
+    #: calls (sync completion, asap) and everything else per call
+    timing: Timing = AUTO_TIMING
 
 
 def timed_engine(spec: StrategySpec, miniport: MiniportSpec, engine: str) -> str:
@@ -340,6 +346,7 @@ def run_trace(
     """
     if not strategies:
         raise ConfigError("strategy", "", "at least one strategy is needed")
+    options.timing.run_calls("python", options.completion, options.pacing)  # runs:N that cannot apply: refused now
     names = [s.name for s in strategies]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
@@ -370,6 +377,7 @@ def run_trace(
                 target = Path(wire[spec.name])
                 wire_path = target.with_name(f".{target.name}.{os.getpid()}.tmp")
                 wire_tmp[spec.name] = wire_path
+            engine = timed_engine(spec, prepared, options.engine)
             job = WorkerJob(
                 input_dir=str(folder),
                 strategy=spec,
@@ -380,32 +388,41 @@ def run_trace(
                 wire_path=str(wire_path) if wire_path else None,
                 linktype=linktype,
                 timed_cpu=cpu,
-                engine=timed_engine(spec, prepared, options.engine),
+                engine=engine,
+                run_calls=options.timing.run_calls(engine, options.completion, options.pacing),
             )
             worker = _Worker(ctx, spec.name, job)
             workers.append(worker)
             tracks.append(_Track(spec.name, spec, worker))
-        baseline: _Worker | None = None
+        baselines: list[_Worker] = []
         if options.baseline and not options.check_only:
-            # the floor of the engine the strategies run on: native only when every one of them does
-            floor_engine = "native" if all(t.worker.job.engine == "native" for t in tracks) else "python"
-            job = WorkerJob(
-                str(folder), None, prepared, options.completion, options.pacing, timed_cpu=cpu, engine=floor_engine
-            )
-            baseline = _Worker(ctx, "(no-op)", job)
-            workers.append(baseline)
+            # one floor per way the strategies are measured (engine, calls per clock reading), first strategy's first
+            methods = dict.fromkeys((t.worker.job.engine, t.worker.job.run_calls) for t in tracks)
+            for floor_engine, run_calls in methods:
+                job = WorkerJob(
+                    str(folder),
+                    None,
+                    prepared,
+                    options.completion,
+                    options.pacing,
+                    timed_cpu=cpu,
+                    engine=floor_engine,
+                    run_calls=run_calls,
+                )
+                baselines.append(_Worker(ctx, "(no-op)", job))
+            workers.extend(baselines)
 
         for track in tracks:
             try:
                 track.worker.timer = track.worker.recv("ready")
             except WorkerDied:
                 _worker_died(track, "start")
-        if baseline is not None:
+        for baseline in baselines:
             baseline.timer = baseline.recv("ready")
 
         total_rounds = 0 if options.check_only else options.warmup + options.rounds
         pending = [t for t in tracks if t.runnable] if options.check or options.check_only else []
-        total = len(pending) + total_rounds * (len(tracks) + (baseline is not None))
+        total = len(pending) + total_rounds * (len(tracks) + len(baselines))
         done = 0
 
         def tick(what: str) -> None:
@@ -441,10 +458,8 @@ def run_trace(
                 tick(f"checked {track.name}")
 
         # timed rounds, interleaved
-        floor: _Track | None = None
-        if baseline is not None:
-            floor = _Track("(no-op)", None, baseline)
-        order = ([floor] if floor is not None else []) + tracks
+        floors = [_Track("(no-op)", None, baseline) for baseline in baselines]
+        order = floors + tracks
         for r in range(total_rounds):
             warm = r < options.warmup
             number = r if warm else r - options.warmup
@@ -457,7 +472,7 @@ def run_trace(
                     track.worker.send("round", number, warm)
                     outcome_r: RoundOutcome = track.worker.recv("round")
                 except WorkerDied:
-                    if track is floor:
+                    if track.spec is None:
                         raise WorkerCrashed("the no-op baseline worker died") from None
                     _worker_died(track, f"{'warm-up' if warm else 'measured'} round {number + 1}")
                     tick(label)
@@ -465,7 +480,7 @@ def run_trace(
                 _take_round(track, outcome_r, options.keep_packets, inp)
                 tick(label)
 
-        for track in [*tracks, *([floor] if floor is not None else [])]:
+        for track in [*tracks, *floors]:
             if track.worker.dead is not None:
                 continue
             try:
@@ -478,7 +493,7 @@ def run_trace(
         for name, tmp in wire_tmp.items():
             if tmp.exists():
                 os.replace(tmp, Path(wire[name]))  # type: ignore[index]
-        return _result(trace, inp, path, options, tracks, floor, cpu)
+        return _result(trace, inp, path, options, tracks, floors, cpu)
     finally:
         for worker in workers:
             worker.kill()
@@ -636,6 +651,7 @@ def _strategy_result(track: _Track, inp: ReplayInput, options: RunOptions) -> St
         pace=pace_summary(track.paces, track.lags) if timed else None,
         delivery=_delivery_record(track.delivery),
         engine=track.worker.job.engine if timed else None,
+        timing=timing_text(track.worker.job.run_calls) if timed else None,
     )
 
 
@@ -666,17 +682,23 @@ def _result(
     path: str | Path | None,
     options: RunOptions,
     tracks: list[_Track],
-    floor: _Track | None,
+    floors: list[_Track],
     timed_on: int | None,
 ) -> RunResult:
     strategies = [_strategy_result(t, inp, options) for t in tracks]
     timers = [t.worker.timer.median_ns for t in tracks if t.worker.timer is not None]
     overhead = None
-    if floor is not None and floor.latencies:
-        overhead = latency_summary(floor.latencies, floor.builds, floor.sends, floor.walls, inp.packets)
-        overhead["timer"] = _timer_dict(floor.worker.timer)
-        overhead["engine"] = floor.worker.job.engine
-        overhead["worker_peak_rss_bytes"] = floor.finished.get("peak_rss_bytes")
+    overheads = []
+    for floor in floors:
+        if not floor.latencies:
+            continue
+        summary = latency_summary(floor.latencies, floor.builds, floor.sends, floor.walls, inp.packets)
+        summary["timer"] = _timer_dict(floor.worker.timer)
+        summary["engine"] = floor.worker.job.engine
+        summary["timing"] = timing_text(floor.worker.job.run_calls)
+        summary["worker_peak_rss_bytes"] = floor.finished.get("peak_rss_bytes")
+        overheads.append(summary)
+    overhead = overheads[0] if overheads else None
     miniport_info: dict[str, Any] = next((dict(t.check.miniport_info) for t in tracks if t.check), {})
     packets = None
     if options.keep_packets and not options.check_only:
@@ -717,6 +739,7 @@ def _result(
         measurement_overhead=overhead,
         strategies=strategies,
         requested_rate=_requested_rate(options, inp),
+        measurement_overheads=overheads if len(overheads) > 1 else None,
         packets=packets,
     )
 

@@ -89,6 +89,8 @@ class WorkerJob:
     #: what runs the timed rounds: "native" (the compiled core; the parent asks for it only when the core
     #: implements the strategy, :func:`~ndis_replay.runner.timed_engine`) or "python". The checked pass is Python.
     engine: str = "python"
+    #: calls per clock reading in timed rounds (:meth:`~ndis_replay.engine.replay.Timing.run_calls`; 1: per call)
+    run_calls: int = 1
 
 
 def main(conn: Connection, job: WorkerJob) -> None:
@@ -116,8 +118,8 @@ def _serve(conn: Connection, job: WorkerJob) -> None:
     timed: StrategyReplayer | LoopBaseline | NativeReplayer | NativeBaseline
     native = job.engine == "native"
     if job.strategy is None:
-        replayer = LoopBaseline(inp, job.pacing)
-        timed = NativeBaseline(inp) if native else replayer
+        replayer = LoopBaseline(inp, job.pacing, job.run_calls)
+        timed = NativeBaseline(inp, job.run_calls) if native else replayer
     else:
         replayer = StrategyReplayer(
             inp,
@@ -126,6 +128,7 @@ def _serve(conn: Connection, job: WorkerJob) -> None:
             job.completion,
             pacing=job.pacing,
             cost_profile=job.cost_profile,
+            run_calls=job.run_calls,
         )
         timed = replayer
         if native:
@@ -140,6 +143,7 @@ def _serve(conn: Connection, job: WorkerJob) -> None:
                 pacing=job.pacing,
                 from_current_mdl=isinstance(mparams, LoopbackParams) and mparams.from_current_mdl,
                 miniport_params=mparams,
+                run_calls=job.run_calls,
             )
     timer = calibrate_clock() if native else calibrate_timer()
     # what exists now (the input, the send calls, the modules) lives as long as the worker: out of the collector's

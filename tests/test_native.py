@@ -192,6 +192,9 @@ def differential(
     ndis = python._timed[0]
     assert _snapshot(compiled.bound_counters) == _model(ndis.counters.snapshot())  # after bind
     for number in range(rounds):
+        # odd rounds of sync replays are timed by runs of 7 calls (a short last run) in both engines: the clock
+        # reading moves, the counts and bytes must not
+        python.run_calls = compiled.run_calls = 7 if number % 2 and completion == "sync" else 1
         expected = python.timed_round(number, False)
         got = compiled.timed_round(number, False, capture=number == rounds - 1)
         assert got.error is None and expected.error is None
@@ -451,6 +454,15 @@ def test_run_records_the_engine_per_strategy(tmp_path: Path) -> None:
     result = load(tmp_path / "r")
     assert {s.name: s.engine for s in result.strategies} == {"reuse": "native", "reuse-retreat": "python"}
     assert "native" in done.stdout and "python" in done.stdout
+    # a floor for each way of measuring, the first strategy's first
+    floors = result.measurement_overheads
+    assert floors is not None and [(f["engine"], f["timing"]) for f in floors] == [
+        ("native", "runs:32"),
+        ("python", "call"),
+    ]
+    assert result.measurement_overhead == floors[0]
+    assert "harness floor (no-op strategy, native, runs:32)" in done.stdout
+    assert "harness floor (no-op strategy, python, call)" in done.stdout
 
 
 # --- NDIS 5 (ndis5.c): the differential tests above cover the defaults through NATIVE_STRATEGIES ---------------------
@@ -575,6 +587,16 @@ for which, params in ((core.STRATEGY_REUSE, (0, 0, 0, 1, 1)), (core.STRATEGY_REU
         due = array.array("q", bytes(8 * c))
         engine.round(*t, complete)
         engine.round(*t, complete, offsets, due)
+        if kind == core.COMPLETION_SYNC:
+            engine.round(*t, complete, run_calls=5)
+            assert min(complete) == 0, "runs: completions are marked, not read from the clock"
+        else:
+            try:
+                engine.round(*t, complete, run_calls=5)
+            except ValueError:
+                pass
+            else:
+                raise AssertionError("runs of calls were accepted with a deferred completion")
         start, end, wire = engine.round(*t, complete, capture=True)
         # a fragmenting clone (mtu 600) repeats each header: its bytes are the differential tests'
         assert wire[0] == data[fo[0]:fo[n]] or which == core.STRATEGY_CLONE and params[2] == 600, "wire"
@@ -587,6 +609,8 @@ for which, params in ((core.STRATEGY_REUSE, (0, 0, 0, 1, 1)), (core.STRATEGY_REU
             raise AssertionError("a completion array shorter than the trace was accepted")
         engine.close()
         runs += 1
+core.baseline_round(cs, *t, complete, 3)
+core.baseline_round(cs, *t, complete, c + 1)
 print("ok", runs, core.CLOCK, flush=True)
 os._exit(0)  # the interpreter's finalisation is not under test (valgrind reports its own noise there)
 """

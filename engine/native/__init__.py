@@ -288,6 +288,7 @@ class NativeReplayer:
         pacing: Pacing | None = None,
         from_current_mdl: bool = False,
         miniport_params: MiniportParams | None = None,
+        run_calls: int = 1,
     ) -> None:
         from ndis_replay.engine.replay import ASAP, DELAY_IN_FLIGHT
 
@@ -295,6 +296,8 @@ class NativeReplayer:
         if isinstance(converted, str):
             raise ValueError(converted)
         self.inp = inp
+        #: calls per clock reading (engine/replay.py Timing; 1: per call)
+        self.run_calls = run_calls
         self.strategy = strategy
         self.completion = completion
         self.pacing = pacing or ASAP
@@ -370,8 +373,8 @@ class NativeReplayer:
     def timed_round(self, number: int, warmup: bool, *, capture: bool = False) -> RoundOutcome:
         """One round in the core (GIL released); ``capture`` also gathers every NB's bytes into :attr:`wire`
         (differential tests: never in a measured round)."""
-        from ndis_replay.engine.replay import RoundOutcome, exception_finding
-        from ndis_replay.engine.verifier import ERROR, Finding
+        from ndis_replay.engine.replay import exception_finding, finish_round
+        from ndis_replay.engine.verifier import Finding
 
         if self._engine is None:
             self.open_timed()
@@ -385,9 +388,9 @@ class NativeReplayer:
             tap.far.reset()
         try:
             start, end, wire = engine.round(
-                self._t0, self._t1, self._t2, self._complete, self._offsets, self._due, capture
+                self._t0, self._t1, self._t2, self._complete, self._offsets, self._due, capture, self.run_calls
             )
-        except (MemoryError, RuntimeError, OSError) as exc:  # OSError: the far side's socket (tap)
+        except Exception as exc:  # a core failure, the far side's socket or checker (tap): a finding, as in Python
             self.failed = True
             unfinished = np.flatnonzero(self._t2 == 0)
             at = int(self.inp.index[self.inp.call_start[unfinished[0]]]) if len(unfinished) else -1
@@ -414,36 +417,27 @@ class NativeReplayer:
                 error = exception_finding(exc, -1, "timed round, far side")
             else:
                 delivery = far[0] if far is not None else None
-        complete = self._complete
-        due = self._due
-        start_ref = self._t0 if due is None else due
-        span = int(self._t0[-1] - start_ref[0]) if error is None and self.inp.calls > 1 else 0
-        latency = complete - start_ref[self.call_of]
-        latency[complete < 0] = -1
-        if error is None and (complete < 0).any():
-            missing = int((complete < 0).sum())
-            first = int(self.inp.index[int(np.flatnonzero(complete < 0)[0])])
-            error = Finding("NOT-COMPLETED", first, "timed round", f"{missing} packets were never completed", ERROR)
-            self.failed = True
-        return RoundOutcome(
-            number=number,
-            warmup=warmup,
-            start_ns=int(start),
-            end_ns=int(end),
-            latency_ns=latency,
-            build_ns=self._t1 - self._t0,
-            send_ns=self._t2 - self._t1,
-            counts=dict(
+        outcome = finish_round(
+            self.inp,
+            self.call_of,
+            number,
+            warmup,
+            (int(start), int(end)),
+            (self._t0, self._t1, self._t2),
+            self._complete,
+            self._due,
+            self.run_calls,
+            error,
+            dict(
                 zip(
                     COUNT_FIELDS, (a - b for a, b in zip(after[:n_counts], before[:n_counts], strict=True)), strict=True
                 )
             ),
-            gauges=dict(zip(GAUGE_FIELDS, after[n_counts:], strict=True)),
-            error=error,
-            lag_ns=None if due is None else self._t0 - due,
-            span_ns=span,
-            delivery=delivery,
+            dict(zip(GAUGE_FIELDS, after[n_counts:], strict=True)),
+            delivery,
         )
+        self.failed = self.failed or outcome.error is not None
+        return outcome
 
     def close_timed(self) -> dict[str, int]:
         """Drain and unbind (counted), then the strategy's own counts (pool_growth, failed_sends, …)."""
@@ -465,8 +459,9 @@ class NativeBaseline:
 
     engine = "native"
 
-    def __init__(self, inp: ReplayInput) -> None:
+    def __init__(self, inp: ReplayInput, run_calls: int = 1) -> None:
         self.inp = inp
+        self.run_calls = run_calls
         self._call_start = _i64(inp.call_start)
         self._call_of = inp.call_of_packet()
         self._complete = np.full(inp.packets, -1, dtype=np.int64)
@@ -474,21 +469,12 @@ class NativeBaseline:
 
     def timed_round(self, number: int, warmup: bool) -> RoundOutcome:
         """One round of the no-op loop."""
-        from ndis_replay.engine.replay import RoundOutcome
+        from ndis_replay.engine.replay import floor_round
 
         a0, a1, a2 = self._t
-        start, end = core().baseline_round(self._call_start, a0, a1, a2, self._complete)
-        return RoundOutcome(
-            number=number,
-            warmup=warmup,
-            start_ns=int(start),
-            end_ns=int(end),
-            latency_ns=self._complete - a0[self._call_of],
-            build_ns=a1 - a0,
-            send_ns=a2 - a1,
-            counts=dict.fromkeys(COUNT_FIELDS, 0),
-            gauges={},
-        )
+        start, end = core().baseline_round(self._call_start, a0, a1, a2, self._complete, self.run_calls)
+        span = (int(start), int(end))
+        return floor_round(self.inp, self._call_of, number, warmup, span, self._t, self._complete, self.run_calls)
 
 
 __all__ = [

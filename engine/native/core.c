@@ -23,6 +23,8 @@
 /* the most packets one send call may hold (reuse pool_depth's bound too), and the largest frame, bytes (an MDL's
  * CSHORT Size must hold its PFN array) */
 #define MAX_CALL_PACKETS 1000000
+/* the most calls one clock reading may span (timing by runs) */
+#define MAX_RUN_CALLS 1000000
 #define MAX_FRAME_BYTES (1 << 24)
 /* pacing sleeps (instead of spinning) while the next call is due more than this far ahead, ns (engine/replay.py) */
 #define SPIN_NS 1000000
@@ -354,13 +356,48 @@ static void wait_until(int64_t target) {
     }
 }
 
-static int64_t timed_loop(EngineObject *self, int64_t *t0, int64_t *t1, int64_t *t2, const int64_t *due) {
-    /* returns the number of calls completed; stops at the first failure (rt.failure) */
+static inline void run_mark(int64_t *t0, int64_t *t2, int64_t k, int64_t calls, int64_t run_calls, int64_t *first,
+                            int64_t *a) {
+    /* timing by runs, after call k returned: mark it (t2 = 1); at its run's end read the clock once — t0 of the
+     * run's first call and t2 of its last hold the readings, chained (the end is the next run's start) */
+    t2[k] = 1;
+    if (k + 1 - *first == run_calls || k + 1 == calls) {
+        int64_t c = clock_ticks();
+        t0[*first] = *a;
+        t2[k] = c;
+        *first = k + 1;
+        *a = c;
+    }
+}
+
+static int64_t timed_loop(EngineObject *self, int64_t *t0, int64_t *t1, int64_t *t2, const int64_t *due,
+                          int64_t run_calls) {
+    /* returns the number of calls completed; stops at the first failure (rt.failure). run_calls > 1 (sync
+     * completion, asap): the clock is read once per run of that many calls, chained (a run's end is the next one's
+     * start): t0 of a run's first call and t2 of its last hold the readings, t2 = 1 marks every other call that
+     * returned, and completions are stamped 0 (engine/replay.py spread_runs shares the run out afterwards) */
     STRATEGY *s = &self->s;
     LOOPBACK *mp = &self->mp;
     NDIS_RT *rt = &self->rt;
     int poll = mp->kind != COMPLETION_SYNC;
     int64_t calls = self->in.calls;
+    if (run_calls > 1) {
+        int64_t first = 0;
+        int64_t a = clock_ticks();
+        for (int64_t k = 0; k < calls; k++) {
+            NET_BUFFER_LIST *chain = s->build(s, k);
+            if (chain == NULL || rt->failure) return k;
+            s->submit(s, chain);
+            if (rt->failure) return k;
+            run_mark(t0, t2, k, calls, run_calls, &first, &a);
+            if (mp->tap != NULL && mp->tap->in_flight >= mp->tap->half && TapRoom(mp->tap, -1)) {
+                rt->failure = NDIS_FAIL_TAP;
+                rt->failure_text = "tap miniport: the far side";
+                return k + 1;
+            }
+        }
+        return calls;
+    }
     for (int64_t k = 0; k < calls; k++) {
         if (due != NULL && clock_ticks() < due[k]) wait_until(due[k]);
         int64_t a = clock_ticks();
@@ -384,13 +421,37 @@ static int64_t timed_loop(EngineObject *self, int64_t *t0, int64_t *t1, int64_t 
     return calls;
 }
 
+/* stamps of a round → CLOCK_MONOTONIC ns (run_calls > 1: only the run readings; markers 0/1 stay) */
+static void stamps_to_ns(int64_t *t0, int64_t *t1, int64_t *t2, int64_t done, int64_t calls, int64_t run_calls,
+                         int64_t tick_anchor, int64_t ns_anchor) {
+    for (int64_t k = 0; k < done; k++) {
+        if (run_calls > 1) {
+            if (k % run_calls == 0) t0[k] = to_ns(t0[k], tick_anchor, ns_anchor);
+            if ((k + 1) % run_calls == 0 || k + 1 == calls) t2[k] = to_ns(t2[k], tick_anchor, ns_anchor);
+            continue;
+        }
+        t0[k] = to_ns(t0[k], tick_anchor, ns_anchor);
+        t1[k] = to_ns(t1[k], tick_anchor, ns_anchor);
+        t2[k] = to_ns(t2[k], tick_anchor, ns_anchor);
+    }
+}
+
 static PyObject *Engine_round(EngineObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"t0", "t1", "t2", "complete", "offsets", "due", "capture", NULL};
+    static char *kwlist[] = {"t0", "t1", "t2", "complete", "offsets", "due", "capture", "run_calls", NULL};
     PyObject *o0, *o1, *o2, *ocomplete, *ooffsets = Py_None, *odue = Py_None;
     int capture = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|OOp", kwlist, &o0, &o1, &o2, &ocomplete, &ooffsets, &odue,
-                                     &capture))
+    Py_ssize_t run_calls = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|OOpn", kwlist, &o0, &o1, &o2, &ocomplete, &ooffsets, &odue,
+                                     &capture, &run_calls))
         return NULL;
+    if (run_calls < 1 || run_calls > MAX_RUN_CALLS) {
+        PyErr_SetString(PyExc_ValueError, "run_calls must be 1 to 1,000,000");
+        return NULL;
+    }
+    if (run_calls > 1 && (self->mp.kind != COMPLETION_SYNC || odue != Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "run_calls > 1 needs sync completion and no pacing");
+        return NULL;
+    }
     if (!self->bound || self->broken || self->busy) {
         PyErr_SetString(PyExc_RuntimeError,
                         self->busy ? "a round is running" : "the engine is closed or failed in an earlier round");
@@ -421,6 +482,7 @@ static PyObject *Engine_round(EngineObject *self, PyObject *args, PyObject *kwds
     self->wire.used = self->wire.frames = self->wire.packets = 0;
     self->mp.wire = capture ? &self->wire : NULL;
     self->mp.complete_ns = complete;
+    self->mp.clock_stamps = run_calls == 1;
     self->mp.completed = 0;
     if (self->mp.tap != NULL) { /* the far side starts the round empty (FarSide.reset) */
         self->tap.position = self->tap.logged = self->tap.in_flight = self->tap.in_flight_bytes = 0;
@@ -433,7 +495,7 @@ static PyObject *Engine_round(EngineObject *self, PyObject *args, PyObject *kwds
     start = tick_anchor;
     if (due != NULL)
         for (Py_ssize_t k = 0; k < calls; k++) due[k] = tick_anchor + ns_to_ticks(offsets[k]);
-    done = timed_loop(self, t0, t1, t2, due);
+    done = timed_loop(self, t0, t1, t2, due, run_calls);
     if (!self->rt.failure) LoopbackDrain(&self->mp);
     end = clock_ticks();
     /* the last frames go to the far side outside the timed window (it reads them at delivery()) */
@@ -444,13 +506,9 @@ static PyObject *Engine_round(EngineObject *self, PyObject *args, PyObject *kwds
     /* ticks → ns, outside the timed window */
     start = to_ns(start, tick_anchor, ns_anchor);
     end = to_ns(end, tick_anchor, ns_anchor);
-    for (int64_t k = 0; k < done; k++) {
-        t0[k] = to_ns(t0[k], tick_anchor, ns_anchor);
-        t1[k] = to_ns(t1[k], tick_anchor, ns_anchor);
-        t2[k] = to_ns(t2[k], tick_anchor, ns_anchor);
-    }
+    stamps_to_ns(t0, t1, t2, done, calls, run_calls, tick_anchor, ns_anchor);
     for (Py_ssize_t i = 0; i < n; i++)
-        if (complete[i] != -1) complete[i] = to_ns(complete[i], tick_anchor, ns_anchor);
+        if (complete[i] > 0) complete[i] = to_ns(complete[i], tick_anchor, ns_anchor);
     if (due != NULL)
         for (Py_ssize_t k = 0; k < calls; k++) due[k] = to_ns(due[k], tick_anchor, ns_anchor);
     Py_END_ALLOW_THREADS self->busy = 0;
@@ -525,10 +583,12 @@ static PyObject *Engine_close(EngineObject *self, PyObject *Py_UNUSED(ignored)) 
 
 static PyMethodDef Engine_methods[] = {
     {"round", (PyCFunction)(void (*)(void))Engine_round, METH_VARARGS | METH_KEYWORDS,
-     "round(t0, t1, t2, complete, offsets=None, due=None, capture=False) -> (start_ns, end_ns, wire | None)\n"
+     "round(t0, t1, t2, complete, offsets=None, due=None, capture=False, run_calls=1)\n"
+     "    -> (start_ns, end_ns, wire | None)\n"
      "One timed round: per call t0 = before build, t1 = after build, t2 = after submit; complete[k] = after the\n"
      "completion call of packet k. Paced: due = start + offsets. capture gathers every NB (bytes, lengths, NBs\n"
-     "per packet as int64 bytes)."},
+     "per packet as int64 bytes). run_calls > 1 (sync, unpaced): one clock reading per run of that many calls\n"
+     "(t0 of its first call, t2 of its last; t2 = 1 and complete = 0 elsewhere: spread_runs shares it out)."},
     {"attach_tap", (PyCFunction)Engine_attach_tap, METH_VARARGS,
      "attach_tap(fd, drain, window, half, budget, overhead): every NB is written to fd (one writev) from now on;\n"
      "drain(log, size) -> (in_flight, in_flight_bytes) is the far side (log: int64 position, k, n, bytes or -errno\n"
@@ -581,7 +641,12 @@ static PyObject *baseline_round(PyObject *Py_UNUSED(module), PyObject *args) {
     /* the timed loop around a no-op strategy whose submit stamps every packet of the call at once: the native
      * harness floor (LoopBaseline's counterpart) */
     PyObject *ocs, *o0, *o1, *o2, *oc;
-    if (!PyArg_ParseTuple(args, "OOOOO", &ocs, &o0, &o1, &o2, &oc)) return NULL;
+    Py_ssize_t run_calls = 1;
+    if (!PyArg_ParseTuple(args, "OOOOO|n", &ocs, &o0, &o1, &o2, &oc, &run_calls)) return NULL;
+    if (run_calls < 1 || run_calls > MAX_RUN_CALLS) {
+        PyErr_SetString(PyExc_ValueError, "run_calls must be 1 to 1,000,000");
+        return NULL;
+    }
     Py_buffer v[5];
     if (int64_view(ocs, &v[0], "call_start", 0, -1) < 0) return NULL;
     Py_ssize_t calls = v[0].shape[0] - 1;
@@ -612,24 +677,30 @@ static PyObject *baseline_round(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_BEGIN_ALLOW_THREADS int64_t ns_anchor = monotonic_ns();
     int64_t tick_anchor = clock_ticks();
     start = tick_anchor;
-    for (Py_ssize_t k = 0; k < calls; k++) {
+    if (run_calls > 1) { /* timed_loop's runs: one chained reading per run, markers in between */
+        int64_t first = 0;
         int64_t a = clock_ticks();
-        int64_t b = clock_ticks();
-        int64_t stamp = clock_ticks();
-        for (int64_t i = cs[k]; i < cs[k + 1]; i++) complete[i] = stamp;
-        int64_t c = clock_ticks();
-        t0[k] = a;
-        t1[k] = b;
-        t2[k] = c;
+        for (Py_ssize_t k = 0; k < calls; k++) {
+            for (int64_t i = cs[k]; i < cs[k + 1]; i++) complete[i] = 0;
+            run_mark(t0, t2, k, calls, run_calls, &first, &a);
+        }
+    } else {
+        for (Py_ssize_t k = 0; k < calls; k++) {
+            int64_t a = clock_ticks();
+            int64_t b = clock_ticks();
+            int64_t stamp = clock_ticks();
+            for (int64_t i = cs[k]; i < cs[k + 1]; i++) complete[i] = stamp;
+            int64_t c = clock_ticks();
+            t0[k] = a;
+            t1[k] = b;
+            t2[k] = c;
+        }
     }
     end = to_ns(clock_ticks(), tick_anchor, ns_anchor);
     start = to_ns(start, tick_anchor, ns_anchor);
-    for (Py_ssize_t k = 0; k < calls; k++) {
-        t0[k] = to_ns(t0[k], tick_anchor, ns_anchor);
-        t1[k] = to_ns(t1[k], tick_anchor, ns_anchor);
-        t2[k] = to_ns(t2[k], tick_anchor, ns_anchor);
-    }
-    for (Py_ssize_t i = 0; i < n; i++) complete[i] = to_ns(complete[i], tick_anchor, ns_anchor);
+    stamps_to_ns(t0, t1, t2, calls, calls, run_calls, tick_anchor, ns_anchor);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (complete[i] > 0) complete[i] = to_ns(complete[i], tick_anchor, ns_anchor);
     Py_END_ALLOW_THREADS for (int i = 0; i < 5; i++) PyBuffer_Release(&v[i]);
     return Py_BuildValue("(LL)", (long long)start, (long long)end);
 }
@@ -727,7 +798,8 @@ static PyMethodDef module_methods[] = {
     {"clock_calibration", clock_calibration, METH_VARARGS,
      "clock_calibration(samples=20000) -> (median_ns, min_ns) of back-to-back clock readings."},
     {"baseline_round", baseline_round, METH_VARARGS,
-     "baseline_round(call_start, t0, t1, t2, complete) -> (start_ns, end_ns): the no-op loop (harness floor)."},
+     "baseline_round(call_start, t0, t1, t2, complete, run_calls=1) -> (start_ns, end_ns): the no-op loop\n"
+     "(harness floor), timed per call or by runs as Engine.round."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -66,6 +66,7 @@ typedef struct _LOOPBACK {
     int from_current_mdl;
     /* per round: where completion times go ([n], NULL: no timing) and what was transmitted (NULL: gather nothing) */
     int64_t *complete_ns;
+    int clock_stamps; /* 0: completions are marked 0, not read from the clock (timing by runs) */
     int64_t completed;
     WIRE_CAPTURE *wire;
     TAP_WIRE *tap; /* NULL: no device (the loopback); else every NB is written to it at send time */
