@@ -42,8 +42,10 @@ of seven moves the pooled p50 only to about the 58th percentile of the others (1
 
 Refusals (:class:`RunMismatch`, exit 3, bad input: the command line is well formed, the two directories are not
 comparable): a different trace (sha256), a different host (``hostname``, ``cpu_model``, ``cpu_count``; the
-differing fields are named), or no strategy in common. Strategies present on one side only are listed in
-:attr:`RunComparison.only_base` / :attr:`RunComparison.only_new`, and the common ones are compared.
+differing fields are named), a strategy measured differently on the two sides (engine or ``--timing``: a native
+reading by runs and a Python one per call differ by 30× for the same code), or no strategy in common.
+Strategies present on one side only are listed in :attr:`RunComparison.only_base` /
+:attr:`RunComparison.only_new`, and the common ones are compared.
 """
 
 from __future__ import annotations
@@ -308,6 +310,11 @@ def _timed(s: StrategyResult) -> bool:
     return s.timed and s.summary is not None and bool(s.round_times)
 
 
+def _method(s: StrategyResult) -> str:
+    """How a strategy was measured, "ENGINE TIMING" (files without the fields: Python, per call)."""
+    return f"{s.engine or 'python'} {s.timing or 'call'}"
+
+
 # --- public --------------------------------------------------------------------------------------------------
 
 
@@ -386,6 +393,17 @@ def compare_runs(
     if not common:
         raise RunMismatch("strategies", base_label, new_label, base=tuple(base_names), new=tuple(new_names))
     untimed = [n for n in common if not (_timed(base_run.strategy(n)) and _timed(new_run.strategy(n)))]
+    measured = {n: (_method(base_run.strategy(n)), _method(new_run.strategy(n))) for n in common if n not in untimed}
+    differ = {n: pair for n, pair in measured.items() if pair[0] != pair[1]}
+    if differ:
+        raise RunMismatch(
+            "measurement",
+            base_label,
+            new_label,
+            fields=tuple(differ),
+            base={n: pair[0] for n, pair in differ.items()},
+            new={n: pair[1] for n, pair in differ.items()},
+        )
     comparisons = tuple(
         _compare_metric(
             name, m, base_run, base_run.strategy(name), new_run, new_run.strategy(name), threshold, alpha, paired=False

@@ -141,6 +141,8 @@ class StrategyView:
     wire: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     peak_outstanding: dict[str, int] = field(default_factory=dict)
+    #: how the timed rounds were measured: "native, runs of 32 calls", "python, per call"; "" when not timed
+    measured: str = ""
 
     @property
     def label(self) -> str:
@@ -312,6 +314,13 @@ def pace_notes(run: RunResult) -> list[str]:
     return notes
 
 
+def measured_text(engine: str | None, timing: str | None) -> str:
+    """``native, runs of 32 calls`` / ``python, per call`` (files without the fields: Python, per call)."""
+    timing = timing or "call"
+    how = "per call" if timing == "call" else f"runs of {timing.partition(':')[2]} calls"
+    return f"{engine or 'python'}, {how}"
+
+
 def fmt_ratio(value: float | None) -> str:
     """``0.35×``; ``—`` for none."""
     if value is None or not math.isfinite(value):
@@ -381,6 +390,7 @@ def _strategy_view(
         failure=s.failure,
         params=dict(s.params),
         timed=s.timed and s.summary is not None,
+        measured=measured_text(s.engine, s.timing) if s.timed else "",
         per_packet=dict(s.counters.get("per_packet", {})),
         modelled_ns_per_packet=s.modelled_ns_per_packet,
         errors=s.errors,
@@ -723,5 +733,6 @@ __all__ = [
     "choose_reference",
     "fmt_ns",
     "fmt_ratio",
+    "measured_text",
     "pace_notes",
 ]

@@ -38,16 +38,19 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+#: the summary table's columns
+HEADER: tuple[str, ...] = ("strategy", "NDIS", "measured", "status", "p50", "p50 95% CI", "p99", "× ref per packet")
+HEADER += ("packets/s", "findings")
+
+
 def _run(rv: RunView, report: Report, several: bool) -> list[str]:
     lines: list[str] = []
     trace = rv.trace
     if several:
         lines += [f"### {md_escape(rv.label)}", ""]
     ratios = {r.strategy: r for r in rv.ratios}
-    lines.append(
-        _row(["strategy", "NDIS", "status", "p50", "p50 95% CI", "p99", "× ref per packet", "packets/s", "findings"])
-    )
-    lines.append("|" + "---|" * 9)
+    lines.append(_row(list(HEADER)))
+    lines.append("|" + "---|" * 10)
     for s in rv.strategies:
         ci = f"{fmt_ns(s.p50_interval.low)} – {fmt_ns(s.p50_interval.high)}" if s.p50_interval else "—"
         if s.name == rv.reference:
@@ -62,6 +65,7 @@ def _run(rv: RunView, report: Report, several: bool) -> list[str]:
                 [
                     md_escape(s.name),
                     str(s.ndis_version),
+                    s.measured or "—",
                     md_escape(status),
                     fmt_ns(s.p50),
                     ci,

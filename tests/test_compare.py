@@ -52,7 +52,8 @@ def invoke(*args: str | Path) -> Result:
 
 def replay(out: Path, trace: Path, *strategies: str, rounds: int = 5) -> Path:
     args = [a for s in strategies for a in ("-s", s)]
-    result = invoke("run", trace, *args, "--rounds", str(rounds), "--warmup", "1", "--out", out)
+    # one engine on both sides: the slowed strategy is a Python plugin (a native run beside it is refused)
+    result = invoke("run", trace, *args, "--rounds", str(rounds), "--warmup", "1", "--engine", "python", "--out", out)
     assert result.exit_code in (0, ExitCode.FINDINGS), result.stderr
     return out
 
@@ -163,7 +164,7 @@ def test_findings_in_new_fail_the_gate(runs: dict[str, Path]) -> None:
 
 def test_run_with_baseline(runs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "new"
-    result = invoke("run", SMALL, "-s", "reuse", "--rounds", "5", "--out", out,
+    result = invoke("run", SMALL, "-s", "reuse", "--rounds", "5", "--engine", "python", "--out", out,
                     "--baseline", runs["base"], "--fail-on-regression", "1000%")  # fmt: skip
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "gate: pass" in result.stdout and (out / "run.json").is_file()
@@ -178,7 +179,7 @@ def edited(src: Path, dst: Path, key: str, value: object) -> Path:
     target = doc
     *parents, last = key.split(".")
     for part in parents:
-        target = target[part]
+        target = target[int(part)] if part.isdigit() else target[part]
     target[last] = value
     (dst / "run.json").write_text(json.dumps(doc))
     return dst
@@ -197,6 +198,18 @@ def edited(src: Path, dst: Path, key: str, value: object) -> Path:
         pytest.param(lambda r, t: edited(r["again"], t / "c", "host.cpu_count", 512), 3, "cpu_count", id="cpu-count"),
         pytest.param(
             lambda r, t: edited(r["again"], t / "v", "format_version", 99), 3, "format version 99", id="newer-schema"
+        ),
+        pytest.param(
+            lambda r, t: edited(r["again"], t / "t", "strategies.0.timing", "runs:32"),
+            3,
+            "measured differently (reuse python call vs python runs:32)",
+            id="other-timing",
+        ),
+        pytest.param(
+            lambda r, t: edited(r["again"], t / "e", "strategies.0.engine", "native"),
+            3,
+            "measured differently (reuse python call vs native call)",
+            id="other-engine",
         ),
     ],
 )
