@@ -185,3 +185,24 @@ def test_helper_catches_script_errors(browser: Browser, tmp_path: Path) -> None:
     assert seen.blocked == ["http://example.com/x.png"]
     assert len(seen.failed) == 1 and seen.failed[0].startswith("http://example.com/x.png (net::ERR_BLOCKED_BY_CLIENT")
     assert (tmp_path / "broken.png").read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.parametrize(
+    "injected",
+    [
+        "<script>document.body.dataset.ran = 'yes'</script>",
+        "<img src=x onerror=\"document.body.dataset.ran = 'yes'\">",
+        "<svg onload=\"document.body.dataset.ran = 'yes'\"></svg>",
+    ],
+    ids=["script", "img-onerror", "svg-onload"],
+)
+def test_report_policy_stops_what_escaping_would_have_let_through(
+    browser: Browser, report: Path, tmp_path: Path, injected: str
+) -> None:
+    """Text from a trace is escaped; should that ever fail, the report's Content-Security-Policy (no script, no
+    fetch) is the second line: markup injected into the real report does not run."""
+    html = tmp_path / "injected.html"
+    html.write_text(report.read_text(encoding="utf-8").replace("</main>", f"{injected}</main>"), encoding="utf-8")
+    with open_page(browser, html, tmp_path / "injected.png") as seen:
+        assert seen.page.evaluate("document.body.dataset.ran") is None
+    assert seen.blocked == []
