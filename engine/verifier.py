@@ -353,7 +353,7 @@ class CheckedNetBuffer(_Owned, NetBuffer):
 class CheckedMdl(Mdl):
     """MDL whose accesses are checked against the NBLs in flight that reference it (checked mode)."""
 
-    __slots__ = ("_v_holder", "_v_origin", "_v_refs")
+    __slots__ = ("_v_holder", "_v_origin", "_v_refs", "_v_retreat_nb")
     _v: Verifier
 
     def __init__(self, serial: int, kind: int, data: memoryview, byte_offset: int, block: int) -> None:
@@ -361,6 +361,8 @@ class CheckedMdl(Mdl):
         _osa(self, "_v_holder", verifier.actor)
         _osa(self, "_v_origin", verifier.actor)
         _osa(self, "_v_refs", [])
+        # the NB a retreat allocated this MDL for: a clone sharing the chain (USE_ORIGINAL_MDLS) does not own it
+        _osa(self, "_v_retreat_nb", None)
         super().__init__(serial, kind, data, byte_offset, block)
 
     def __getattribute__(self, name: str) -> Any:
@@ -685,7 +687,7 @@ class Verifier:
         if name == "next" and actor is not _oga(nb, "_v_origin"):
             self.report("NB-LIST-IMMUTABLE", nb, f"{actor.role} changed Next of an NB created by {nb._v_origin.role}")
         elif name == "mdl_chain":
-            leaked = self._retreat_mdls(_oga(nb, "mdl_chain"))
+            leaked = self._retreat_mdls(_oga(nb, "mdl_chain"), nb)
             if leaked and value is not _oga(nb, "mdl_chain"):
                 self.report(
                     "RETREAT-LEAK",
@@ -758,6 +760,10 @@ class Verifier:
         if isinstance(obj, CheckedNetBufferList | CheckedNdisPacket):
             _osa(obj, "_v_state", OwnerState.FREED)
         self.ndis.quarantine.append(obj)
+        if isinstance(obj, CheckedNetBuffer):
+            mdl = _oga(obj, "_mdl")
+            if mdl is not None:  # the MDL and data preallocated with the NB go back with it (§2.1)
+                self.on_freed(mdl)
 
     def is_freed(self, obj: Any) -> bool:
         """True for a quarantined descriptor."""
@@ -859,7 +865,7 @@ class Verifier:
             if _oga(nb, "_owner") is not nbl and not self.is_freed(nb) and kind == NBL_KIND_POOL:
                 self.report("NB-BEFORE-NBL", nb, f"NdisAllocateNetBuffer NB still in {self.describe(nbl)} at {call}")
             # fragments and reassembled NBLs: their Free* call advances by DataOffsetDelta and frees NDIS's header
-            leaked = self._retreat_mdls(_oga(nb, "mdl_chain")) if kind in (NBL_KIND_POOL, NBL_KIND_CLONE) else []
+            leaked = self._retreat_mdls(_oga(nb, "mdl_chain"), nb) if kind in (NBL_KIND_POOL, NBL_KIND_CLONE) else []
             if leaked:
                 self.report(
                     "RETREAT-LEAK", nbl, f"{call} with retreat-allocated {self.describe(leaked[0])} still chained"
@@ -874,7 +880,7 @@ class Verifier:
         if _oga(nb, "_owner") is not None:
             self.report("NB-BEFORE-NBL", nb, f"{call} of the NB preallocated with its NBL (it goes with the NBL)")
             return False
-        leaked = self._retreat_mdls(_oga(nb, "mdl_chain"))
+        leaked = self._retreat_mdls(_oga(nb, "mdl_chain"), nb)
         if leaked:
             self.report("RETREAT-LEAK", nb, f"{call} with retreat-allocated {self.describe(leaked[0])} still chained")
         return True
@@ -957,6 +963,9 @@ class Verifier:
 
     def on_retreat_alloc(self, nb: NetBuffer, delta: int, allocated: int) -> None:
         """RETREAT-ALLOC: a performance warning, the data start moved beyond the backfill."""
+        mdl = _oga(nb, "mdl_chain")
+        if isinstance(mdl, CheckedMdl):
+            _osa(mdl, "_v_retreat_nb", nb)
         self.report(
             "RETREAT-ALLOC",
             nb,
@@ -1019,11 +1028,14 @@ class Verifier:
             hops += 1
         return total
 
-    def _retreat_mdls(self, mdl: Mdl | None) -> list[Mdl]:
+    def _retreat_mdls(self, mdl: Mdl | None, nb: NetBuffer) -> list[Mdl]:
+        """Live retreat-allocated MDLs in a chain that belong to ``nb`` (allocated by a retreat of ``nb``, or of an
+        unknown NB): those of another NB whose chain ``nb`` shares (a clone with original MDLs) are not its leak."""
         out: list[Mdl] = []
         hops = 0
         while mdl is not None and hops < 1 << 16:
-            if _oga(mdl, "_retreat") and not self.is_freed(mdl):
+            owner = _oga(mdl, "_v_retreat_nb") if isinstance(mdl, CheckedMdl) else None
+            if _oga(mdl, "_retreat") and not self.is_freed(mdl) and (owner is None or owner is nb):
                 out.append(mdl)
             mdl = _oga(mdl, "next")
             hops += 1
