@@ -85,6 +85,18 @@ bench-etl: $(VENV)/.test
 bench-stats: $(VENV)/.test
 	$(BIN)/python bench/stats_bench.py
 
+## fuzz: coverage-guided fuzzing of the importers (atheris): writes the seeds, runs each of FUZZ_TARGETS for
+##       FUZZ_SECONDS, prints executions, exec/s, coverage and findings (inputs in bench/fuzz/artifacts/)
+FUZZ_TARGETS ?= pcap pcapng etl csv
+FUZZ_SECONDS ?= 60
+fuzz: $(VENV)/.fuzz
+	$(BIN)/python bench/fuzz/make_seeds.py
+	$(BIN)/python bench/fuzz/run_all.py --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+$(VENV)/.fuzz: $(BIN)/python $(SOURCES)
+	$(BIN)/pip install -q -e '.[fuzz]'
+	@touch $@ $(VENV)/.runtime
+
 # The TAP miniport against tcpreplay --topspeed, each into a TAP device in a namespace of its own (needs root; the
 # Debian package tcpreplay is installed when missing: the bench only, never the tests).
 bench-tap: $(VENV)/.test

@@ -20,7 +20,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ndis_replay.errors import TraceFormatError
+from ndis_replay.errors import LimitExceeded, TraceFormatError
+from ndis_replay.importers import limits
 from ndis_replay.importers.builder import UNKNOWN, PacketChunk, TraceBuilder, u32_at
 from ndis_replay.importers.source import CHUNK_SIZE, PCAP_MAGICS, OpenedSource, _CompressedStreamEnded
 from ndis_replay.trace import InterfaceInfo
@@ -28,9 +29,8 @@ from ndis_replay.trace import InterfaceInfo
 GLOBAL_HEADER = 24
 RECORD_HEADER = 16
 
-#: Largest caplen accepted for a record, in bytes: Wireshark's standard maximum (WTAP_MAX_PACKET_SIZE_STANDARD),
-#: larger for the link types whose records are legitimately bigger. A record claiming more is corrupt.
-MAX_CAPLEN_DEFAULT = 262_144
+#: Largest caplen of the link types whose records are legitimately bigger than the ``record`` limit (Wireshark's
+#: per-link-type maxima), in bytes; every other link type has the ``record`` limit (importers/limits.py).
 MAX_CAPLEN_BY_LINKTYPE = {
     231: 128 << 20,  # DBUS
     249: 128 << 20,  # USBPCAP
@@ -39,8 +39,9 @@ MAX_CAPLEN_BY_LINKTYPE = {
 
 
 def max_caplen(linktype: int) -> int:
-    """The largest record a file of this link type may hold before it counts as corrupt."""
-    return MAX_CAPLEN_BY_LINKTYPE.get(linktype, MAX_CAPLEN_DEFAULT)
+    """The largest record a file of this link type may hold: the ``record`` limit, or Wireshark's larger bound
+    for the link types that have one."""
+    return max(limits.current().record, MAX_CAPLEN_BY_LINKTYPE.get(linktype, 0))
 
 
 def read_pcap(source: OpenedSource, builder: TraceBuilder) -> dict[str, object]:
@@ -67,13 +68,13 @@ def read_pcap(source: OpenedSource, builder: TraceBuilder) -> dict[str, object]:
     builder.add_interface(
         InterfaceInfo(id=0, linktype=linktype, snaplen=snaplen, ts_resolution="1000" if tick_ns == 1000 else "1")
     )
-    for chunk in _records(source, builder, endian, tick_ns, max_caplen(linktype)):
+    for chunk in _records(source, builder, endian, tick_ns, max_caplen(linktype), path):
         builder.add(chunk)
     return {"version": f"{vmaj}.{vmin}", "snaplen": snaplen, "byte_order": "little" if endian == "<" else "big"}
 
 
 def _records(
-    source: OpenedSource, builder: TraceBuilder, endian: str, tick_ns: int, limit: int
+    source: OpenedSource, builder: TraceBuilder, endian: str, tick_ns: int, limit: int, path: Path
 ) -> Iterator[PacketChunk]:
     caplen_at = struct.Struct(endian + "I").unpack_from
     base = GLOBAL_HEADER  # stream offset of buf[0]
@@ -110,13 +111,11 @@ def _records(
                 yield chunk
                 record += len(chunk)
             if corrupt is not None:
-                builder.salvage(
-                    f"record {record} claims {corrupt} captured bytes, more than the {limit} a record may hold; "
-                    "the rest of the file cannot be framed",
-                    offset=base + consumed,
-                    record=record,
+                # refused, not salvaged: the walk above stops at most one chunk past the record's header, so
+                # nothing of the claimed size has been read or allocated
+                raise LimitExceeded(
+                    path, "pcap record caplen", corrupt, limit, "record", offset=base + consumed, record=record
                 )
-                return
         base += consumed
         buf = buf[consumed:]
     if buf:

@@ -23,15 +23,15 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ndis_replay.errors import TraceFormatError
+from ndis_replay.errors import LimitExceeded, TraceFormatError
+from ndis_replay.importers import limits
 from ndis_replay.importers.builder import RECV, SEND, UNKNOWN, PacketChunk, TraceBuilder, u32_at
+from ndis_replay.importers.pcap import max_caplen
 from ndis_replay.importers.source import CHUNK_SIZE, OpenedSource, _CompressedStreamEnded
 from ndis_replay.trace import InterfaceInfo
 
 SHB, IDB, PB, SPB, NRB, ISB, EPB = 0x0A0D0D0A, 1, 2, 3, 4, 5, 6
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
-#: A block longer than this is taken as corrupt framing (Wireshark's limit is 16 MiB for most blocks).
-MAX_BLOCK = 64 << 20
 #: Option codes
 OPT_END, OPT_COMMENT = 0, 1
 IF_NAME, IF_DESCRIPTION, IF_TSRESOL, IF_FCSLEN, IF_TSOFFSET = 2, 3, 9, 13, 14
@@ -42,6 +42,17 @@ SHB_HARDWARE, SHB_OS, SHB_USERAPPL = 2, 3, 4
 MAX_COMMENTS = 1000
 #: Characters kept of one comment (or section description); longer ones are cut and marked with "…".
 MAX_COMMENT_CHARS = 2000
+
+#: Block names for messages.
+_BLOCK_NAMES = {
+    SHB: "Section Header",
+    IDB: "Interface Description",
+    PB: "Packet",
+    SPB: "Simple Packet",
+    NRB: "Name Resolution",
+    ISB: "Interface Statistics",
+    EPB: "Enhanced Packet",
+}
 
 _DIRECTION_OF_FLAGS = np.array([UNKNOWN, RECV, SEND, UNKNOWN], dtype=np.int8)
 
@@ -124,6 +135,7 @@ class _Reader:
         #: {"where": "section"|"interface"|"packet", "section"|"interface"|"packet": number, "text"}
         self.comments: list[dict[str, object]] = []
         self.comment_count = 0
+        self.block_limit = limits.current().block
 
     def comment(self, where: str, number: int, value: bytes) -> None:
         """Keep an opt_comment (the first MAX_COMMENTS of the file; all are counted)."""
@@ -139,6 +151,21 @@ class _Reader:
         rec = self.record
         self.record += 1
         return rec
+
+    def _check_block(self, btype: int, blen: int, offset: int) -> None:
+        """Refuse a block claiming more than the ``block`` limit before waiting for (buffering) that much."""
+        if blen > self.block_limit:
+            name = _BLOCK_NAMES.get(btype, f"type 0x{btype:08x}")
+            raise LimitExceeded(
+                self.path, f"pcapng {name} block total length", blen, self.block_limit, "block", offset=offset
+            )
+
+    def _check_caplen(self, section: _Section, local: int, what: str, caplen: int, offset: int) -> None:
+        """Refuse a packet claiming more than the ``record`` limit of its interface's link type."""
+        linktype = section.ifaces[local].linktype if local < len(section.ifaces) else 0
+        limit = max_caplen(linktype)
+        if caplen > limit:
+            raise LimitExceeded(self.path, what, caplen, limit, "record", offset=offset, record=self.record)
 
     def run(self) -> None:
         for chunk in self._blocks():
@@ -198,7 +225,8 @@ class _Reader:
                 raise TraceFormatError(self.path, "pcapng file does not start with a Section Header Block", offset=0)
             e = section.endian
             btype, blen = struct.unpack_from(e + "II", buf, pos)
-            if blen < 12 or blen > MAX_BLOCK:
+            self._check_block(btype, blen, base + pos)
+            if blen < 12:
                 self.salvage(f"block of type 0x{btype:08x} has an invalid length {blen}", base + pos)
                 return pos, True, self._emit(buf, plain, special, order, section)
             # A length that is not a multiple of 4 is read as padded when the trailer sits at the padded
@@ -244,7 +272,8 @@ class _Reader:
             return self._refuse_section(f"Section Header Block has no byte-order magic (0x{bom:08x})", base + pos)
         blen: int
         blen, _bom, vmaj, vmin = struct.unpack_from(e + "IIHH", buf, pos + 4)
-        if blen < 28 or blen % 4 or blen > MAX_BLOCK:
+        self._check_block(SHB, blen, base + pos)
+        if blen < 28 or blen % 4:
             return self._refuse_section(f"Section Header Block has an invalid length {blen}", base + pos)
         if pos + blen > len(buf):
             if eof:
@@ -350,6 +379,7 @@ class _Reader:
             self.record += 1
             return
         local, ts_hi, ts_lo, caplen, wire = struct.unpack_from(e + "IIIII", buf, pos + 8)
+        self._check_caplen(section, local, "pcapng Enhanced Packet Block caplen", caplen, base + pos)
         if 28 + caplen > blen - 4:
             self.salvage(f"Enhanced Packet Block claims {caplen} captured bytes, more than it holds", base + pos)
             self.record += 1
@@ -394,6 +424,7 @@ class _Reader:
         if iface is None:
             return
         (wire,) = struct.unpack_from(section.endian + "I", buf, pos + 8)
+        self._check_caplen(section, 0, "pcapng Simple Packet Block original length", wire, base + pos)
         room = blen - 16
         caplen = min(wire, room, iface.snaplen) if iface.snaplen else min(wire, room)
         if self.spb_count == 1:
@@ -418,6 +449,7 @@ class _Reader:
             self.record += 1
             return
         local, _drops, ts_hi, ts_lo, caplen, wire = struct.unpack_from(e + "HHIIII", buf, pos + 8)
+        self._check_caplen(section, local, "pcapng Packet Block caplen", caplen, base + pos)
         if 28 + caplen > blen - 4:
             self.salvage(f"Packet Block claims {caplen} captured bytes, more than it holds", base + pos)
             self.record += 1

@@ -37,6 +37,7 @@ from ndis_replay.errors import (
     ConfigError,
     EmptyTrace,
     ExitCode,
+    LimitExceeded,
     MiniportUnavailable,
     NativeCoreMissing,
     NothingToReplay,
@@ -88,6 +89,21 @@ def _(exc: TraceFormatError) -> str:
     place = f" (at {', '.join(where)})" if where else ""
     hint = f"; {exc.hint}" if exc.hint else ""
     return f"{exc.path}: {exc.reason}{place}{hint}"
+
+
+@describe.register
+def _(exc: LimitExceeded) -> str:
+    from ndis_replay.importers.limits import ENV_VAR, format_size
+
+    where = [f"record {exc.record}"] if exc.record is not None else []
+    where += [f"byte {exc.offset}"] if exc.offset is not None else []
+    place = f" (at {', '.join(where)})" if where else ""
+    unit = "characters" if exc.limit_name == "line" else "bytes"
+    limit = f"{exc.limit:,} characters" if exc.limit_name == "line" else format_size(exc.limit)
+    return (
+        f"{exc.path}: {exc.field} claims {exc.value:,} {unit}, over the {exc.limit_name} limit of {limit}{place}; "
+        f"if the file is genuine, raise the limit: {ENV_VAR}={exc.limit_name}=SIZE"
+    )
 
 
 @describe.register

@@ -67,6 +67,33 @@ class TraceFormatError(InputError):
         self.hint = hint
 
 
+class LimitExceeded(TraceFormatError):
+    """A length field claims more than a resource limit allows (:mod:`ndis_replay.importers.limits`).
+
+    ``field`` names the field (``"pcap record caplen"``), ``value`` is what it claims and ``limit`` the bound, in
+    bytes (characters for a CSV line); ``limit_name`` is the limit's name in ``NDIS_REPLAY_LIMITS``. Refused before
+    anything of that size is allocated; a genuine file is read by raising the limit.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        field: str,
+        value: int,
+        limit: int,
+        limit_name: str,
+        *,
+        offset: int | None = None,
+        record: int | None = None,
+    ) -> None:
+        super().__init__(path, f"{field} {value}", offset=offset, record=record)
+        self.args = (path, field, value, limit, limit_name, offset, record)
+        self.field = field
+        self.value = value
+        self.limit = limit
+        self.limit_name = limit_name
+
+
 class UnsupportedLinkType(InputError):
     """The capture's link type is one the requested operation cannot handle."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from ndis_replay.errors import TraceFormatError
+from ndis_replay.errors import LimitExceeded, TraceFormatError
 from ndis_replay.importers import detect_format, open_trace
 from ndis_replay.importers.pcap import write_pcap
 from ndis_replay.importers.source import UnknownFormat
@@ -101,14 +101,15 @@ def test_truncated_last_record_is_salvaged_with_its_offset(tmp_path: Path) -> No
     assert (info.value.offset, info.value.record) == (100, 1)
 
 
-def test_absurd_caplen_stops_with_a_warning(tmp_path: Path) -> None:
+def test_absurd_caplen_is_refused_naming_the_limit(tmp_path: Path) -> None:
+    # a caplen over the record limit is refused, not salvaged (importers/limits.py; tests/test_limits.py)
     path = tmp_path / "huge.pcap"
     data = _raw_pcap(1, [bytes(60)]) + struct.pack("<IIII", 5, 0, 0x7FFFFFFF, 60) + bytes(60)
     path.write_bytes(data)
-    trace = open_trace(path)
-    assert len(trace) == 1
-    (w,) = trace.warnings
-    assert w.code == "damaged" and w.offset == 100 and "2147483647" in w.detail
+    with pytest.raises(LimitExceeded) as info:
+        open_trace(path)
+    assert (info.value.offset, info.value.record, info.value.value) == (100, 1, 0x7FFFFFFF)
+    assert info.value.limit_name == "record"
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ read (no copy); compressed buffers are decompressed into a new ``buf``.
 from __future__ import annotations
 
 import struct
+import types
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -24,17 +25,18 @@ from typing import Any
 import numpy as np
 from dissect.util.compression import lzxpress
 
-from ndis_replay.errors import TraceFormatError
+from ndis_replay.errors import LimitExceeded, TraceFormatError
+from ndis_replay.importers import limits
 from ndis_replay.importers.builder import TraceBuilder
 from ndis_replay.importers.etw.events import FLAG_EXTENDED_INFO, EventBatch
 from ndis_replay.importers.source import OpenedSource, _CompressedStreamEnded
 
 BUFFER_HEADER = 0x48
-#: Largest BufferSize accepted, in bytes: ETW buffers are at most 16 MiB (relogged header buffers claim that);
-#: anything beyond this is damage, and is refused before any allocation.
-MAX_BUFFER_SIZE = 64 << 20
-#: Logical (decompressed) bytes a buffer may hold: the same bound, for ``Offset``.
-MAX_BUFFER_OFFSET = MAX_BUFFER_SIZE
+#: Largest first BufferSize :func:`looks_like_etl` takes for ETL, in bytes. Larger than the ``buffer`` limit
+#: (importers/limits.py: ETW buffers are at most 16 MiB, the limit 64 MiB) so that a file whose buffers are over
+#: the limit is still recognised, and refused naming the limit; pcap's magic numbers, read as a BufferSize, are
+#: all beyond it.
+SNIFF_MAX_BUFFER_SIZE = limits.MAX_SETTABLE
 
 #: BufferFlag bits (ETW_FORMAT.md §2.1).
 BUFFER_FLAG_EVENTS_LOST = 0x02
@@ -106,7 +108,7 @@ def looks_like_etl(head: bytes) -> bool:
     size, _saved, _cur, _ref, _ts, _seq, _clk, _cpu, _align, _lid, _state, offset, flags, _btype = _BUFFER.unpack_from(
         head, 0
     )
-    if not BUFFER_HEADER + SYSTEM_HEADER <= offset <= size <= MAX_BUFFER_SIZE or flags & BUFFER_FLAG_COMPRESSED:
+    if not BUFFER_HEADER + SYSTEM_HEADER <= offset <= size <= SNIFF_MAX_BUFFER_SIZE or flags & BUFFER_FLAG_COMPRESSED:
         return False
     marker, rec_size = struct.unpack_from("<IH", head, BUFFER_HEADER)
     if marker >> 24 != 0xC0 or (marker >> 16) & 0xFF not in (0x01, 0x02):
@@ -239,6 +241,8 @@ class EtlReader:
         self.builder = builder
         self.path: Path = source.path
         self.batch_bytes = max(int(batch_bytes), 1)
+        #: the ``buffer`` limit: the largest BufferSize, and Offset (decompressed size), accepted
+        self.limit = limits.current().buffer
         self.stats = EtlStats()
         self.header = self._read_header()
         self.stats.events_lost = self.header.events_lost
@@ -257,7 +261,9 @@ class EtlReader:
             what = "empty" if not head else f"only {len(head)} bytes long"
             raise TraceFormatError(path, f"not an ETL file: it is {what}", offset=0)
         size, *_, offset, flags, _btype = _BUFFER.unpack_from(head, 0)
-        if not BUFFER_HEADER + SYSTEM_HEADER <= size <= MAX_BUFFER_SIZE:
+        if size > self.limit:
+            raise LimitExceeded(path, "ETL buffer BufferSize", size, self.limit, "buffer", offset=0)
+        if size < BUFFER_HEADER + SYSTEM_HEADER:
             raise TraceFormatError(path, f"not an ETL file: the first BufferSize is {size}", offset=0)
         first = self.source.head(size)
         if len(first) < size:
@@ -265,6 +271,8 @@ class EtlReader:
                 path, f"the header buffer is cut short ({len(first)} of {size} bytes)", offset=len(first)
             )
         if flags & BUFFER_FLAG_COMPRESSED:
+            if offset > self.limit:
+                raise LimitExceeded(path, "compressed ETL buffer Offset", offset, self.limit, "buffer", offset=0x30)
             payload = _decompress(first[BUFFER_HEADER:], offset - BUFFER_HEADER)
             if payload is None:
                 raise TraceFormatError(path, "the compressed header buffer does not decompress", offset=0)
@@ -318,7 +326,7 @@ class EtlReader:
             # read at least enough to complete the partial buffer whose header is already in
             need = self.batch_bytes
             if len(data) >= BUFFER_HEADER:  # (_frame has checked this BufferSize against the limit)
-                need = max(need, min(_BUFFER.unpack_from(data, 0)[0], MAX_BUFFER_SIZE) - len(data))
+                need = max(need, min(_BUFFER.unpack_from(data, 0)[0], self.limit) - len(data))
 
     def _frame(self, data: bytes, base: int) -> tuple[list[_Buffer], int, str | None]:
         """The whole buffers in ``data``: ``(buffers, bytes they span, framing damage or None)``."""
@@ -327,12 +335,14 @@ class EtlReader:
         unpack = _BUFFER.unpack_from
         while len(data) - pos >= BUFFER_HEADER:
             size, _s, _c, _r, _t, _q, _k, cpu, _a, _l, _st, offset, flags, btype = unpack(data, pos)
-            if not BUFFER_HEADER <= size <= MAX_BUFFER_SIZE:
-                why = "beyond the 64 MiB limit" if size > MAX_BUFFER_SIZE else "smaller than its own header"
+            if size > self.limit:
+                # refused before reading on to the buffer's claimed end (the stream is read sequentially)
+                raise LimitExceeded(self.path, "ETL buffer BufferSize", size, self.limit, "buffer", offset=base + pos)
+            if size < BUFFER_HEADER:
                 return (
                     buffers,
                     pos,
-                    f"buffer {self._buffer + len(buffers)} has BufferSize {size} ({why}); "
+                    f"buffer {self._buffer + len(buffers)} has BufferSize {size} (smaller than its own header); "
                     f"the rest of the file cannot be framed and is skipped",
                 )
             if pos + size > len(data):
@@ -347,7 +357,7 @@ class EtlReader:
         logical = 0
         for b in buffers:
             group.append(b)
-            logical += b.offset if BUFFER_HEADER <= b.offset <= MAX_BUFFER_OFFSET else 0
+            logical += b.offset if BUFFER_HEADER <= b.offset <= self.limit else 0
             if logical >= self.batch_bytes:
                 yield self._batch(data, group)
                 group, logical = [], 0
@@ -390,8 +400,13 @@ class EtlReader:
 
     def _payload(self, data: bytes, b: _Buffer) -> bytes | None:
         """The buffer's record bytes (decompressed when compressed), or ``None`` after reporting damage."""
-        if not BUFFER_HEADER <= b.offset <= MAX_BUFFER_OFFSET:
-            self._bad_buffer(b, f"its Offset {b.offset} is outside [0x48, 64 MiB]")
+        if b.flags & BUFFER_FLAG_COMPRESSED and b.offset > self.limit:
+            # Offset is the decompressed size: the bound on what LZXPRESS may produce
+            raise LimitExceeded(
+                self.path, "compressed ETL buffer Offset", b.offset, self.limit, "buffer", offset=b.file_offset + 0x30
+            )
+        if not BUFFER_HEADER <= b.offset <= self.limit:
+            self._bad_buffer(b, f"its Offset {b.offset} is outside [0x48, {limits.format_size(self.limit)}]")
             return None
         if b.flags & BUFFER_FLAG_COMPRESSED:
             payload = _decompress(data[b.start + BUFFER_HEADER : b.start + b.size], b.offset - BUFFER_HEADER)
@@ -583,10 +598,46 @@ def _record_name(upper: int) -> str:
     return "WPP"  # 0x90: MESSAGE_TRACE_HEADER (WPP / TraceMessage)
 
 
+class _OutputBound(Exception):
+    """The decompressor's output went past the size the buffer header announces."""
+
+
+# dissect.util's LZXPRESS decoder has no output bound: a match length is up to 32 bits, so a few bytes of hostile
+# input ask for 4 GiB of output (or, with nothing to copy yet, 4 billion empty copy steps). It builds its output in
+# ``dst = bytearray()`` and grows it by ``dst += ...`` once per copy step, so the same code run with ``bytearray``
+# bound to the class of :func:`_bounded_decompressor` (in a globals mapping of its own: the module is not changed)
+# stops a stream as soon as it asks for more than ``expected`` bytes or steps. Literals (``dst.append``) need no
+# check: each costs an input byte. tests/test_fuzz_regressions.py fails if a dissect.util release changes this.
+_LZX_HOOKABLE = "bytearray" in lzxpress.decompress.__code__.co_names
+
+
+def _bounded_decompressor(expected: int) -> Any:
+    """dissect's ``lzxpress.decompress`` with its output buffer refusing to grow past ``expected`` bytes."""
+    steps = expected  # every copy step of a valid stream adds at least one byte: steps are bounded by it too
+    grow = bytearray.__iadd__
+
+    class _Output(bytearray):
+        __slots__ = ()
+
+        def __iadd__(self, other: Any) -> _Output:  # type: ignore[misc]  # (returns self, as bytearray's does)
+            nonlocal steps
+            steps -= 1
+            if steps < 0 or len(self) + len(other) > expected:
+                raise _OutputBound
+            grow(self, other)
+            return self
+
+    scope = dict(vars(lzxpress), bytearray=_Output)
+    code = lzxpress.decompress
+    return types.FunctionType(code.__code__, scope, code.__name__, code.__defaults__, code.__closure__)
+
+
 def _decompress(data: bytes, expected: int) -> bytes | None:
-    """MS-XCA plain LZ77 ``data`` → exactly ``expected`` bytes, or ``None`` when it is damaged."""
+    """MS-XCA plain LZ77 ``data`` → exactly ``expected`` bytes, or ``None`` when it is damaged (including a stream
+    that asks for more than ``expected`` bytes: it is stopped there, never decompressed in full)."""
+    decompress = _bounded_decompressor(expected) if _LZX_HOOKABLE else lzxpress.decompress
     try:
-        out = lzxpress.decompress(data)
+        out = decompress(data)
     except Exception:  # dissect raises struct.error/TypeError/ValueError on damaged input; all mean "bad block"
         return None
     return out if len(out) == expected else None
@@ -633,6 +684,11 @@ def parse_logfile_header(path: str | Path, buf: bytes, pos: int, end: int) -> Lo
         raise TraceFormatError(path, f"unknown clock type {clock} in the logfile header", offset=body + tail + 24)
     if (clock == CLOCK_QPC and perf_freq <= 0) or (clock == CLOCK_CPU_CYCLES and cpu_mhz == 0):
         raise TraceFormatError(path, "the logfile header gives no clock frequency", offset=body + tail + 8)
+    if not -(2**63) <= (start - FILETIME_UNIX_EPOCH) * 100 < 2**63:
+        # found by fuzzing: every event time is StartTime + an offset, in the int64 ts_ns column
+        raise TraceFormatError(
+            path, f"the logfile header's StartTime {start} is outside the years 1677-2262", offset=body + tail + 16
+        )
     return LogfileHeader(
         buffer_size=buffer_size,
         version=version,

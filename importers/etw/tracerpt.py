@@ -18,8 +18,11 @@ import codecs
 import csv
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from ndis_replay.errors import TraceFormatError
+from ndis_replay.errors import LimitExceeded, TraceFormatError
+from ndis_replay.importers import limits
 from ndis_replay.importers.source import CHUNK_SIZE, OpenedSource
 
 #: The columns tracerpt writes, in order.
@@ -49,6 +52,8 @@ TRACERPT_COLUMNS: tuple[str, ...] = (
 REQUIRED_COLUMNS: tuple[str, ...] = ("Event Name", "Type", "Clock-Time", "User Data")
 #: FILETIME of the Unix epoch, in 100 ns ticks.
 FILETIME_UNIX_EPOCH = 116_444_736_000_000_000
+#: The range of ``ts_ns`` (int64 ns since the Unix epoch).
+_NS_MIN, _NS_MAX = -(2**63), 2**63 - 1
 #: Lines looked at for the header line (tools may put a preamble before it).
 _HEADER_SEARCH_LINES = 20
 
@@ -120,8 +125,12 @@ def _opt_int(text: str | None) -> int | None:
         return None
 
 
-def _text_lines(source: OpenedSource) -> Iterator[str]:
-    """Decoded lines (with their line ends) of the stream, in order, read ``CHUNK_SIZE`` at a time."""
+def _text_lines(source: OpenedSource, limit: int) -> Iterator[str]:
+    """Decoded lines (with their line ends) of the stream, in order, read ``CHUNK_SIZE`` at a time.
+
+    A line longer than ``limit`` characters is refused (:class:`LimitExceeded`) as soon as that much of it is in:
+    a file without line ends is not gathered whole.
+    """
     first = source.read(CHUNK_SIZE)
     if first.startswith(codecs.BOM_UTF16_LE):
         encoding, first = "utf-16-le", first[2:]
@@ -130,12 +139,18 @@ def _text_lines(source: OpenedSource) -> Iterator[str]:
     decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
     rest = ""
     chunk = first
+    number = 0  # lines yielded so far
     while True:
         final = not chunk
         text = rest + decoder.decode(chunk, final=final)
         lines = text.splitlines(keepends=True)
         # a line is complete once its "\n" is seen (a "\r" at the chunk's end may be half of "\r\n")
         rest = lines.pop() if lines and not final and not lines[-1].endswith("\n") else ""
+        longest = max(len(rest), max(map(len, lines), default=0))
+        if longest > limit:
+            line = number + next((i for i, x in enumerate(lines) if len(x) > limit), len(lines)) + 1
+            raise LimitExceeded(source.path, f"tracerpt CSV line {line}", longest, limit, "line", record=line - 1)
+        number += len(lines)
         yield from lines
         if final:
             return
@@ -157,7 +172,29 @@ def iter_tracerpt_rows(
             raise TraceFormatError(path, reason, record=line - 1)
         on_bad_row(line, reason)
 
-    reader = csv.reader(_text_lines(source), skipinitialspace=True)
+    limit = limits.current().line
+    # csv's own bound on one field (a quoted field may span lines; 128 Ki characters by default) is process-wide:
+    # set to the line limit while this file is read, and put back after
+    previous = csv.field_size_limit(limit)
+    try:
+        yield from _rows(source, csv.reader(_text_lines(source, limit), skipinitialspace=True), bad_row, limit)
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _rows(source: OpenedSource, reader: Any, bad_row: Callable[[int, str], None], limit: int) -> Iterator[TracerptRow]:
+    path = source.path
+    try:
+        yield from _parse(path, reader, bad_row)
+    except csv.Error as exc:
+        line = reader.line_num
+        if "field limit" in str(exc):  # a field quoted across lines, over the limit (its length: at least limit + 1)
+            field = f"tracerpt CSV field (quoted across lines) ending on line {line}"
+            raise LimitExceeded(path, field, limit + 1, limit, "line", record=line - 1) from exc
+        raise TraceFormatError(path, f"line {line} is not CSV ({exc})", record=line - 1) from exc
+
+
+def _parse(path: Path, reader: Any, bad_row: Callable[[int, str], None]) -> Iterator[TracerptRow]:
     header: list[str] | None = None
     for row in reader:
         cols = [_norm(c) for c in row]
@@ -206,6 +243,10 @@ def iter_tracerpt_rows(
         except ValueError:
             bad_row(line, f"line {line}: Clock-Time {clock_text!r} is not a number")
             continue
+        ts_ns = (clock - FILETIME_UNIX_EPOCH) * 100
+        if not _NS_MIN <= ts_ns <= _NS_MAX:  # found by fuzzing: the trace's ts_ns column is int64
+            bad_row(line, f"line {line}: Clock-Time {clock} is outside the years 1677-2262 a timestamp can hold")
+            continue
         yield TracerptRow(
             line=line,
             event_name=name,
@@ -216,7 +257,7 @@ def iter_tracerpt_rows(
             tid=_opt_int(col(row, i_tid)),
             cpu=_opt_int(col(row, i_cpu)),
             clock_time=clock,
-            ts_ns=(clock - FILETIME_UNIX_EPOCH) * 100,
+            ts_ns=ts_ns,
             user_data=tuple(v.strip() for v in row[i_user:]),
         )
 
