@@ -647,6 +647,8 @@ class CheckOutcome:
     #: what the far side of a device-backed miniport received (frames, delivered, dropped, corrupted, …); None for
     #: an in-process miniport or a pass that stopped
     delivery: dict[str, int] | None = None
+    #: ``--wire``: the (errno, strerror) that stopped writing the pcap (full disk, …); None when it was written whole
+    wire_error: tuple[int, str] | None = None
 
     @property
     def errors(self) -> int:

@@ -41,6 +41,7 @@ from ndis_replay.errors import (
     MiniportUnavailable,
     NativeCoreMissing,
     NothingToReplay,
+    OutputBusy,
     OutputExists,
     OutputUnwritable,
     ReplayError,
@@ -56,6 +57,7 @@ from ndis_replay.errors import (
 from ndis_replay.trace import Trace
 
 if TYPE_CHECKING:
+    from ndis_replay.atomic import Replaced
     from ndis_replay.importers import EtwOptions
     from ndis_replay.results import RunResult, StrategyResult
     from ndis_replay.runner import RunOptions
@@ -158,7 +160,18 @@ def _(exc: OutputExists) -> str:
 
 @describe.register
 def _(exc: OutputUnwritable) -> str:
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        full = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        return f"{full} writing {exc.path}; nothing was written"
     return f"cannot write {exc.path}: {exc.reason}; nothing was written"
+
+
+@describe.register
+def _(exc: OutputBusy) -> str:
+    holder = f" (pid {exc.pid})" if exc.pid is not None else ""
+    return f"{exc.path} is being written by another ndis-replay{holder}; wait for it to finish or choose another output"
 
 
 @describe.register
@@ -447,9 +460,12 @@ def import_cmd(
 
     The output is written atomically: either the whole file appears or nothing does.
     """
+    from ndis_replay.atomic import probe
+
     parse_batching(batching)
     if output.exists() and not force:
         raise OutputExists(output)
+    probe(output)  # a read-only folder fails before the import, not after it
     trace = _load(trace_file, reader, dissect, strict, batching, keep_data=not no_data)
     _print_warnings(trace)
     trace.save(output, overwrite=force)
@@ -1058,6 +1074,27 @@ def _wire_paths(wire: Path | None, names: Sequence[str], stem: str, several_trac
     return {name: wire.with_name(f"{base}{middle}.{name}{wire.suffix or '.pcap'}") for name in names}
 
 
+def _claim_outputs(locks: contextlib.ExitStack, paths: Sequence[Path], force: bool) -> None:
+    """Lock each output path for this command (OutputBusy when another command has it), then refuse an existing
+    one unless ``force`` (OutputExists): checked under the lock, so two runs cannot both find it free. What a killed
+    run left staged beside a path is removed (under the lock no live run has anything staged there)."""
+    from ndis_replay.atomic import OutputLock, sweep
+
+    for path in paths:
+        locks.enter_context(OutputLock(path))
+        sweep(path)
+    for path in paths:
+        if (path.exists() or path.is_symlink()) and not force:
+            raise OutputExists(path)
+
+
+def _drop(replaced: list[Replaced]) -> None:
+    """The run's outputs are final: remove the old versions kept aside."""
+    for old in replaced:
+        old.drop()
+    replaced.clear()
+
+
 def _remove_outputs(paths: Sequence[Path]) -> None:
     for path in paths:
         if path.is_dir() and not path.is_symlink():
@@ -1244,6 +1281,7 @@ def run(
     used) nothing it wrote is kept. Exits 1 when the verifier found anything, or with --baseline on a regression.
     --report, --markdown and --junit write the report of the run (of every trace, with the baseline comparison).
     """
+    from ndis_replay.atomic import keep_aside, probe
     from ndis_replay.engine.ndis.counters import CostProfile
     from ndis_replay.engine.replay import parse_pacing, parse_timing
     from ndis_replay.results import save
@@ -1279,9 +1317,6 @@ def run(
         else:
             target = out / stem if several else out
         wires = _wire_paths(wire, [s.name for s in specs], stem, several)
-        for path in [target, *wires.values()]:
-            if path.exists() and not force:
-                raise OutputExists(path)
         plan.append((trace_file, target, wires))
     if len({target for _, target, _ in plan}) != len(plan):
         raise ConfigError("TRACE", ", ".join(str(t) for t in traces), "two traces would share a results directory")
@@ -1294,35 +1329,51 @@ def run(
     )
     files = _report_files(report_html, report_markdown, report_junit)
     written: list[Path] = []
+    # with --force, what this run replaced is kept aside until the run succeeds (restored when it does not)
+    replaced: list[Replaced] = []
     done: list[tuple[str, RunResult]] = []
     found = False
+    # every results directory and --wire file is locked for the whole run (a second run writing there is refused,
+    # not mixed in), then checked, all before the first replay; released when the command ends, or below on failure
+    locks = click.get_current_context().with_resource(contextlib.ExitStack())
     try:
+        _claim_outputs(locks, [p for _, target, wires in plan for p in (target, *wires.values())], force)
+        for report_path in (files.html, files.markdown, files.junit):
+            if isinstance(report_path, Path):
+                probe(report_path)  # a read-only report folder fails now, not after the replay
         for trace_file, target, wires in plan:
             trace = _load(trace_file, reader, dissect, strict, batching)
             _print_warnings(trace)
             _note_synthetic(trace)
+            if force:
+                replaced.extend(keep_aside(p) for p in wires.values() if p.is_file())
             with _round_progress(trace_file.name) as progress:
                 result = run_trace(trace, specs, options, path=trace_file, wire=wires, progress=progress)
             written.extend(p for p in wires.values() if p.exists())
-            save(result, target, force=force)
+            save(result, target, force=force, keep_old=replaced)
             written.append(target)
             _render_run(result, target)
             done.append((str(target), result))
             found = found or not result.ok
             if base_run is not None and threshold is not None:
                 written.clear()  # the new run is a valid result: kept whatever the comparison says
+                _drop(replaced)
                 labels = (str(baseline), str(target))
                 code = _compare_and_gate(base_run, result, (), threshold, False, labels)
                 found = found or code != 0
+        if not files.empty:  # inside: a report that cannot be written (full disk) takes the results with it
+            base_pair = (str(baseline), base_run) if base_run is not None else None
+            _write_reports(done, files, base_pair, threshold)
     except BaseException:  # Ctrl-C, or a later trace that cannot be used: the run leaves all or nothing
         _remove_outputs(written)
+        for old in reversed(replaced):
+            old.restore()
+        locks.close()  # the lock files go first: they would keep the folders below from being empty
         for folder in created:
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
-    if not files.empty:
-        base_pair = (str(baseline), base_run) if base_run is not None else None
-        _write_reports(done, files, base_pair, threshold)
+    _drop(replaced)
     if found:
         click.get_current_context().exit(int(ExitCode.FINDINGS))
 

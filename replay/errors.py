@@ -242,12 +242,24 @@ class NativeCoreMissing(EnvironmentProblem):
 
 
 class OutputUnwritable(EnvironmentProblem):
-    """The output could not be written (read-only folder, full disk, …)."""
+    """The output could not be written (read-only folder, full disk, …): ``reason`` is the OS's text and ``errno``
+    its error number (ENOSPC, EROFS, …; 0 when no system call failed)."""
 
-    def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(path, reason)
+    def __init__(self, path: str | Path, reason: str, errno: int = 0) -> None:
+        super().__init__(path, reason, errno)
         self.path = str(path)
         self.reason = reason
+        self.errno = errno
+
+
+class OutputBusy(EnvironmentProblem):
+    """Another process (``pid``, None when unknown) holds the lock on the output path: two commands were asked to
+    write the same place at once."""
+
+    def __init__(self, path: str | Path, pid: int | None) -> None:
+        super().__init__(path, pid)
+        self.path = str(path)
+        self.pid = pid
 
 
 class MiniportUnavailable(EnvironmentProblem):

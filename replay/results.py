@@ -28,9 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 import types
 import typing
 from collections.abc import Sequence
@@ -41,7 +38,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from ndis_replay.errors import OutputExists, OutputUnwritable, ResultsError, ResultsVersionError
+from ndis_replay.atomic import Replaced, atomic_output
+from ndis_replay.errors import OutputExists, ResultsError, ResultsVersionError
 
 #: Version of the results directory format (run.json + packets.parquet). History in the module docstring.
 RESULTS_FORMAT_VERSION = 2
@@ -239,6 +237,9 @@ class RunResult:
     measurement_overheads: list[dict[str, Any]] | None = None
     format_version: int = RESULTS_FORMAT_VERSION
     packets: pl.DataFrame | None = field(default=None, repr=False, compare=False)
+    #: a huge run's per-packet rows, spilled to part files round by round instead of held as ``packets`` (which is
+    #: then None): :func:`save` merges them into packets.parquet with polars' streaming sink
+    packets_spilled: pl.LazyFrame | None = field(default=None, repr=False, compare=False)
 
     @property
     def errors(self) -> int:
@@ -261,7 +262,7 @@ class RunResult:
         """``run.json``'s document."""
         doc: dict[str, Any] = {"format_version": self.format_version}
         for f in dataclasses.fields(self):
-            if f.name in ("packets", "format_version"):
+            if f.name in ("packets", "packets_spilled", "format_version"):
                 continue
             value = getattr(self, f.name)
             doc[f.name] = [dataclasses.asdict(s) for s in value] if f.name == "strategies" else value
@@ -271,7 +272,7 @@ class RunResult:
     def from_dict(cls, doc: dict[str, Any], source: str | Path = "run.json") -> RunResult:
         """Rebuild from ``run.json``'s document (version checked by the caller). Every field is checked against its
         declared type (a hand-edited or damaged file is refused with the field named, not half-read)."""
-        names = {f.name for f in dataclasses.fields(cls)} - {"packets"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"packets", "packets_spilled"}
         strategy_names = {f.name for f in dataclasses.fields(StrategyResult)}
         # a field with a default was added after the format version: older files lack it and it takes the default
         required = {f.name for f in dataclasses.fields(cls) if f.default is f.default_factory is dataclasses.MISSING}
@@ -358,54 +359,29 @@ def empty_packets(modelled: bool = False) -> pl.DataFrame:
 # --- save and load ----------------------------------------------------------------------------------------------
 
 
-def save(result: RunResult, target: str | Path, *, force: bool = False) -> Path:
+def save(result: RunResult, target: str | Path, *, force: bool = False, keep_old: list[Replaced] | None = None) -> Path:
     """Write ``result`` as a results directory at ``target``, atomically.
 
-    Everything is written into a temporary sibling directory that is renamed into place at the end; on any
-    failure or interruption the temporary directory is removed and ``target`` is untouched. An existing
-    ``target`` raises :class:`OutputExists` unless ``force``, which replaces it (old one renamed aside, new one
-    renamed in, old one removed).
+    Everything is written into a temporary sibling directory, flushed to the disk and renamed into place at the end
+    (:func:`ndis_replay.atomic.atomic_output`); on any failure or interruption the temporary directory is removed and
+    ``target`` is untouched. An existing ``target`` (checked first, and again at the rename) raises
+    :class:`OutputExists` unless ``force``, which swaps the new directory in and only then removes the old one (or,
+    with ``keep_old``, keeps it aside and appends it there, for the caller to drop or restore). A full disk, a
+    read-only folder, … raise :class:`~ndis_replay.errors.OutputUnwritable`.
     """
     target = Path(target)
-    if target.exists() and not force:
+    if (target.exists() or target.is_symlink()) and not force:
         raise OutputExists(target)
-    parent = target.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
-    except OSError as exc:
-        raise OutputUnwritable(target, exc.strerror or str(exc)) from exc
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a results directory is an ordinary folder
-        text = dumps(result)
-        (tmp / RUN_JSON).write_text(text, encoding="utf-8")
+    with atomic_output(target, directory=True, replace=force, keep_old=keep_old) as tmp:
+        (tmp / RUN_JSON).write_text(dumps(result), encoding="utf-8")
         packets = result.packets
-        if packets is None:
-            packets = empty_packets(result.cost_profile is not None)
-        packets.write_parquet(tmp / PACKETS_PARQUET, statistics=True)
-        if target.exists() or target.is_symlink():
-            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
-            os.replace(target, aside / "old")
-            os.replace(tmp, target)
-            _remove(aside)
+        if result.packets_spilled is not None and packets is None:
+            result.packets_spilled.sink_parquet(tmp / PACKETS_PARQUET, statistics=True)  # streamed, part by part
         else:
-            os.rename(tmp, target)
-    except OSError as exc:
-        _remove(tmp)
-        raise OutputUnwritable(target, exc.strerror or str(exc)) from exc
-    except BaseException:
-        _remove(tmp)
-        raise
+            if packets is None:
+                packets = empty_packets(result.cost_profile is not None)
+            packets.write_parquet(tmp / PACKETS_PARQUET, statistics=True)
     return target
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def load(folder: str | Path, *, packets: bool = True) -> RunResult:

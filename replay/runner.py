@@ -39,6 +39,7 @@ import numpy as np
 import polars as pl
 
 from ndis_replay import __version__
+from ndis_replay.atomic import TMP_SUFFIX, publish
 from ndis_replay.engine.miniports.base import CompletionPolicy
 from ndis_replay.engine.ndis.counters import COUNT_FIELDS, CostProfile
 from ndis_replay.engine.replay import (
@@ -57,7 +58,7 @@ from ndis_replay.engine.replay import (
     timing_text,
 )
 from ndis_replay.engine.verifier import ERROR, RULES, Finding
-from ndis_replay.errors import ConfigError
+from ndis_replay.errors import ConfigError, OutputUnwritable
 from ndis_replay.host import host_record
 from ndis_replay.results import (
     MODELLED_COLUMN,
@@ -375,7 +376,7 @@ def run_trace(
             wire_path = None
             if wire and spec.name in wire:
                 target = Path(wire[spec.name])
-                wire_path = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                wire_path = target.with_name(f".{target.name}.{os.getpid()}{TMP_SUFFIX}")
                 wire_tmp[spec.name] = wire_path
             engine = timed_engine(spec, prepared, options.engine)
             job = WorkerJob(
@@ -457,6 +458,12 @@ def run_trace(
                     _worker_died(track, "checked pass")
                 tick(f"checked {track.name}")
 
+        # --wire: a pcap that could not be written whole (full disk) stops the run now, before the timed rounds
+        for track in tracks:
+            if track.check is not None and track.check.wire_error is not None and wire:
+                code, reason = track.check.wire_error
+                raise OutputUnwritable(Path(wire[track.name]), reason, errno=code)
+
         # timed rounds, interleaved
         floors = [_Track("(no-op)", None, baseline) for baseline in baselines]
         order = floors + tracks
@@ -492,7 +499,7 @@ def run_trace(
             worker.stop()
         for name, tmp in wire_tmp.items():
             if tmp.exists():
-                os.replace(tmp, Path(wire[name]))  # type: ignore[index]
+                publish(tmp, Path(wire[name]), replace=True)  # type: ignore[index]  # existence checked by the CLI
         return _result(trace, inp, path, options, tracks, floors, cpu)
     finally:
         for worker in workers:

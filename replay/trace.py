@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +16,8 @@ from typing import Any
 
 import polars as pl
 
-from ndis_replay.errors import OutputExists, OutputUnwritable, TraceFileError, TraceFormatError
+from ndis_replay.atomic import atomic_output
+from ndis_replay.errors import OutputExists, TraceFileError, TraceFormatError
 
 #: Version of the on-disk trace format (the Parquet columns plus the JSON metadata). History:
 #: 1 — first version (issue 2).
@@ -166,6 +165,7 @@ class Trace:
         write_atomically(
             target,
             lambda tmp: self.frame.write_parquet(tmp, metadata={_META_KEY: self.meta.to_json()}, statistics=True),
+            replace=overwrite,
         )
 
     @classmethod
@@ -190,25 +190,12 @@ class Trace:
         return cls(frame, meta).validate()
 
 
-def write_atomically(target: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``target``; nothing is left on failure."""
-    target = Path(target)
-    folder = target.parent if str(target.parent) else Path(".")
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise OutputUnwritable(target, exc.strerror or str(exc)) from exc
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+def write_atomically(target: Path, write: Any, *, replace: bool = True) -> None:
+    """Call ``write(tmp_path)`` then flush and rename the temporary file onto ``target``
+    (:func:`ndis_replay.atomic.atomic_output`); nothing is left on failure. ``replace=False`` refuses a ``target``
+    that exists at the rename (OutputExists)."""
+    with atomic_output(target, replace=replace) as tmp:
         write(tmp)
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputUnwritable(target, exc.strerror or str(exc)) from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def empty_frame(with_data: bool = True) -> pl.DataFrame:

@@ -167,6 +167,8 @@ def _serve(conn: Connection, job: WorkerJob) -> None:
             finally:
                 if wire is not None:
                     wire.close()
+            if wire is not None and wire.error is not None:
+                outcome.wire_error = wire.error  # the runner stops the run with the output's error
             conn.send(("checked", outcome))
         elif kind == "round":
             conn.send(("round", timed.timed_round(int(message[1]), bool(message[2]))))

@@ -1,17 +1,23 @@
-"""Write a report's files all or nothing: every format is rendered in memory first, each file is written to a
-temporary name beside its target, and only when all are written are they renamed into place. A failure (full disk,
-read-only folder, Ctrl-C) removes the temporary files and leaves any earlier report untouched. Report files are
-replaced when they exist: unlike a results directory, a report is derived and can always be made again."""
+"""Write a report's files all or nothing: every format is rendered in memory first, each file is staged under a
+temporary name beside its target and flushed (:mod:`ndis_replay.atomic`), and only when all are written are they
+renamed into place. A failure (full disk, read-only folder, Ctrl-C) removes the temporary files and leaves any earlier
+report untouched. Report files are replaced when they exist: unlike a results directory, a report is derived and can
+always be made again.
+
+Two commands writing the same report at once: the last one to finish wins, whole. Each takes a short lock on every
+target (in path order, so two commands cannot deadlock) only for the renames, so one report's HTML, Markdown and JUnit
+always come from the same command; neither is refused (a report is cheap to make and the same inputs give the same
+report, so refusing would only fail a CI step for nothing).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ndis_replay.atomic import OutputLock, discard, publish, stage, unwritable
 from ndis_replay.errors import OutputUnwritable
 from ndis_replay.reports.data import Report
 
@@ -62,30 +68,23 @@ def write_report(report: Report, files: ReportFiles, echo: Callable[[str], None]
         for target, text in texts:
             if target.is_dir():
                 raise OutputUnwritable(target, "is a directory")
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            except OSError as exc:
-                raise OutputUnwritable(target, exc.strerror or str(exc)) from exc
-            tmp = Path(tmp_name)
+            tmp = stage(target)
             staged.append((tmp, target))
             try:
-                with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+                with open(tmp, "w", encoding="utf-8", newline="\n") as f:
                     f.write(text)
-                umask = os.umask(0)
-                os.umask(umask)
-                os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a report is an ordinary file
             except OSError as exc:
-                raise OutputUnwritable(target, exc.strerror or str(exc)) from exc
-        for tmp, target in staged:
-            try:
-                os.replace(tmp, target)
-            except OSError as exc:
-                raise OutputUnwritable(target, exc.strerror or str(exc)) from exc
+                raise unwritable(target, exc) from exc
+        with contextlib.ExitStack() as locks:
+            # one lock per distinct file (a second flock on a file this process holds would wait for ever)
+            unique = {str(target.resolve()): target for _, target in staged}
+            for key in sorted(unique):
+                locks.enter_context(OutputLock(unique[key], wait=True))
+            for tmp, target in staged:
+                publish(tmp, target, replace=True)
     except BaseException:
         for tmp, _ in staged:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            discard(tmp)
         raise
     if to_stdout is not None:
         echo(to_stdout)

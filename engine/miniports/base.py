@@ -18,7 +18,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from ndis_replay.errors import ConfigError
 
@@ -153,10 +153,26 @@ class PcapWire(WireSink):
         self.path = path
         self.snaplen = snaplen
         self._record = struct.Struct("<IIII")
-        self._file = open(path, "wb")  # noqa: SIM115 - kept open across transmit() calls, closed in close()
-        # the header write_pcap writes: ns-resolution magic, version 2.4, snaplen, linktype
-        self._file.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, snaplen, linktype))
+        #: the first OSError writing the file, as (errno, strerror): the file is incomplete and writing stopped. A
+        #: full disk is the output's problem, not the strategy's: recorded here for the run to report, never raised
+        #: into the checked pass (where it would count as the strategy failing)
+        self.error: tuple[int, str] | None = None
         self.count = 0
+        self._file: BinaryIO | None = None
+        try:
+            self._file = open(path, "wb")  # noqa: SIM115 - kept open across transmit() calls, closed in close()
+        except OSError as exc:
+            self.error = (exc.errno or 0, exc.strerror or str(exc))
+        # the header write_pcap writes: ns-resolution magic, version 2.4, snaplen, linktype
+        self._write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, snaplen, linktype))
+
+    def _write(self, data: bytes) -> None:
+        if self.error is not None or self._file is None:
+            return
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.error = (exc.errno or 0, exc.strerror or str(exc))
 
     def transmit(self, frames: Sequence[bytes]) -> None:
         """Append one record per frame."""
@@ -166,14 +182,18 @@ class PcapWire(WireSink):
         sec, frac = divmod(now, 1_000_000_000)
         for frame in frames:
             data = frame[: self.snaplen]
-            self._file.write(self._record.pack(sec, frac, len(data), len(frame)))
-            self._file.write(data)
+            self._write(self._record.pack(sec, frac, len(data), len(frame)))
+            self._write(data)
             self.count += 1
 
     def close(self) -> None:
-        """Close the file."""
-        if not self._file.closed:
-            self._file.close()
+        """Close the file (a failure to flush the last bytes is recorded in :attr:`error`, not raised)."""
+        if self._file is not None and not self._file.closed:
+            try:
+                self._file.close()
+            except OSError as exc:
+                if self.error is None:
+                    self.error = (exc.errno or 0, exc.strerror or str(exc))
 
 
 @dataclass(frozen=True)
