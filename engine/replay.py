@@ -5,9 +5,10 @@ importers or reports:
 
 * **in** — :class:`ReplayInput`: the replayed packets (direction ``send`` or ``unknown``) in replay order as numpy
   arrays (trace index, batch, header length, capture time), the send calls as offsets into them (``call_start``),
-  and the frames as one contiguous read-only buffer with offsets. It is built once from a :class:`Trace` and saved
-  as plain ``.npy`` files plus ``frames.bin``, which the worker processes map (:meth:`ReplayInput.load`): every
-  worker shares the same page-cache pages instead of holding its own copy of the trace.
+  and the frames as views into one read-only buffer (a start and a length each: the trace's bytes back to back, or
+  for a trace without bytes one small pattern buffer every synthesized frame is a view into). It is built once from
+  a :class:`Trace` and saved as plain ``.npy`` files plus ``frames.bin``, which the worker processes map
+  (:meth:`ReplayInput.load`): every worker shares the same page-cache pages instead of holding its own copy.
 * **out** — per round, preallocated ``int64`` arrays of ``perf_counter_ns`` readings: per send call the start of
   build, the end of build and the end of submit; per packet the completion time (written by the miniport into its
   ``complete_ns`` slot, contract: /tmp/spec/contract.md) and the latency derived from them.
@@ -31,16 +32,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import mmap
 import os
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -85,9 +87,13 @@ SPIN_NS = 1_000_000
 # --- input -------------------------------------------------------------------------------------------------------
 
 
-_ARRAYS = ("index", "batch", "call_start", "header_len", "frame_offset", "ts_ns")
+_ARRAYS = ("index", "batch", "call_start", "header_len", "frame_offset", "frame_start", "ts_ns")
 #: Packets per slice when frames are written to the replay input (bounds the extra memory of the copy).
 WRITE_SLICE = 65_536
+#: Send calls the Python engine holds as :class:`SendCall` objects at once (~0.5 KB each): a trace of more calls
+#: has them built a window at a time as the loop reaches them (:class:`SendCalls`). Adjustable with the environment
+#: variable ``NDIS_REPLAY_CALL_WINDOW`` (calls; read when this module is imported, so it reaches the workers).
+CALL_WINDOW = max(1, int(os.environ.get("NDIS_REPLAY_CALL_WINDOW", "") or 262_144))
 
 
 #: Packets are synthesized from this pattern when the trace has no bytes: byte ``j`` of the packet with trace index
@@ -96,11 +102,22 @@ WRITE_SLICE = 65_536
 SYNTHETIC_STRIDE = 131
 
 
+def synthetic_pattern(max_frame: int) -> bytes:
+    """The buffer every synthesized frame is a view into: byte ``k`` is ``k mod 256``, ``256 + max_frame`` bytes, so
+    the frame of trace index ``i`` is the ``max_frame``-or-shorter view at ``(i · SYNTHETIC_STRIDE) mod 256``."""
+    return (np.arange(256 + max_frame, dtype=np.int64) & 0xFF).astype(np.uint8).tobytes()
+
+
+def synthetic_starts(index: Int64Array) -> Int64Array:
+    """[n] where each synthesized frame starts in :func:`synthetic_pattern` (its trace index's seed)."""
+    return (index * SYNTHETIC_STRIDE) & 0xFF
+
+
 class _Frames:
     """The frames of the replayed packets in replay order: the trace's ``data`` column, or — for a trace without
     bytes (a driver send/complete trace, an import with ``--no-data``) — frames synthesized from
-    :data:`SYNTHETIC_STRIDE` at each packet's captured length (its wire length where nothing was captured), made a
-    slice at a time so they never all sit in memory."""
+    :data:`SYNTHETIC_STRIDE` at each packet's captured length (its wire length where nothing was captured): views
+    into :func:`synthetic_pattern`, which is all that is ever materialised (``256 + max_frame`` bytes)."""
 
     def __init__(self, data: pl.Series | None, index: Int64Array, lengths: Int64Array) -> None:
         self.data = data
@@ -115,17 +132,19 @@ class _Frames:
         return len(self.lengths)
 
     def chunk(self, start: int, length: int) -> memoryview:
-        """The bytes of frames ``start:start + length`` back to back (one copy of that slice)."""
-        if self.data is not None:
-            return _binary_chunk(self.data, start, length)
-        lengths = self.lengths[start : start + length]
-        total = int(lengths.sum())
-        if total == 0:
-            return memoryview(b"")
-        firsts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-        position = np.arange(total, dtype=np.int64) - np.repeat(firsts, lengths)
-        seeds = np.repeat(self.index[start : start + length] * SYNTHETIC_STRIDE, lengths)
-        return memoryview(((seeds + position) & 0xFF).astype(np.uint8).tobytes())
+        """The bytes of frames ``start:start + length`` back to back (one copy of that slice; real frames only)."""
+        assert self.data is not None, "synthesized frames are views into the pattern, never written back to back"
+        return _binary_chunk(self.data, start, length)
+
+    def buffer(self) -> memoryview:
+        """All the frames' bytes: the trace's back to back (one copy), or the synthetic pattern."""
+        if self.data is None:
+            return memoryview(synthetic_pattern(int(self.lengths.max()) if len(self.lengths) else 0))
+        return self.chunk(0, len(self)) if len(self) else memoryview(b"")
+
+    def starts(self, frame_offset: Int64Array) -> Int64Array:
+        """[n] where each frame starts in :meth:`buffer`'s bytes."""
+        return frame_offset[:-1].copy() if self.data is not None else synthetic_starts(self.index)
 
 
 def _replayed(trace: Trace, path: str | Path | None) -> tuple[dict[str, Int64Array], _Frames]:
@@ -162,6 +181,7 @@ def _replayed(trace: Trace, path: str | Path | None) -> tuple[dict[str, Int64Arr
         "frame_offset": np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
         "ts_ns": sent["ts_ns"].fill_null(strategy="forward").fill_null(0).to_numpy().astype(np.int64),
     }
+    arrays["frame_start"] = frames.starts(arrays["frame_offset"])
     return arrays, frames
 
 
@@ -185,7 +205,8 @@ class ReplayInput:
     """The send calls of one trace as arrays: what the replay loop (and a future compiled core) consumes.
 
     ``n`` replayed packets in replay order, ``C`` send calls. Packets of call ``k`` are
-    ``call_start[k]:call_start[k + 1]``; the bytes of packet ``i`` are ``data[frame_offset[i]:frame_offset[i + 1]]``.
+    ``call_start[k]:call_start[k + 1]``; packet ``i`` has ``frame_offset[i + 1] - frame_offset[i]`` bytes, at
+    ``data[frame_start[i]:]`` (frames need not be contiguous or distinct: synthesized ones overlap in one pattern).
     """
 
     #: [n] the trace ``index`` of each packet (findings and results name packets by it)
@@ -196,11 +217,13 @@ class ReplayInput:
     call_start: Int64Array
     #: [n] bytes of L2-L4 headers of each packet
     header_len: Int64Array
-    #: [n + 1] offsets of the frames into ``data``
+    #: [n + 1] cumulative frame lengths, bytes (frame ``i``'s offset had the frames been written back to back)
     frame_offset: Int64Array
+    #: [n] where each frame starts in ``data``, bytes
+    frame_start: Int64Array
     #: [n] capture time, ns (a missing timestamp repeats the previous one; pacing uses it)
     ts_ns: Int64Array
-    #: the frames, back to back (read-only)
+    #: the frames' bytes (read-only): the trace's back to back, or the synthetic pattern
     data: memoryview
 
     @property
@@ -234,19 +257,30 @@ class ReplayInput:
 
     def frame(self, i: int) -> memoryview:
         """The bytes of packet ``i`` (replay order)."""
-        return self.data[int(self.frame_offset[i]) : int(self.frame_offset[i + 1])]
+        start = int(self.frame_start[i])
+        return self.data[start : start + int(self.frame_offset[i + 1] - self.frame_offset[i])]
 
-    def send_calls(self) -> list[SendCall]:
-        """One :class:`SendCall` per call, built once: the timed loop only iterates over them."""
-        offsets = self.frame_offset.tolist()
+    def build_calls(self, first: int, last: int) -> list[SendCall]:
+        """:class:`SendCall` objects of calls ``first:last``."""
+        cuts = self.call_start[first : last + 1].tolist()
+        if not cuts:
+            return []
+        a, b = cuts[0], cuts[-1]
         data = self.data
-        frames = [data[a:b] for a, b in pairwise(offsets)]
-        index = self.index.tolist()
-        header = self.header_len.tolist()
+        starts = self.frame_start[a:b].tolist()
+        ends = (self.frame_start[a:b] + np.diff(self.frame_offset[a : b + 1])).tolist()
+        frames = [data[s:e] for s, e in zip(starts, ends, strict=True)]
+        index = self.index[a:b].tolist()
+        header = self.header_len[a:b].tolist()
         return [
-            SendCall(k, tuple(index[a:b]), tuple(frames[a:b]), tuple(header[a:b]))
-            for k, (a, b) in enumerate(pairwise(self.call_start.tolist()))
+            SendCall(first + k, tuple(index[p - a : q - a]), tuple(frames[p - a : q - a]), tuple(header[p - a : q - a]))
+            for k, (p, q) in enumerate(pairwise(cuts))
         ]
+
+    def send_calls(self, window: int | None = None) -> SendCalls:
+        """One :class:`SendCall` per call: all built now when there are at most ``window`` calls (default
+        :data:`CALL_WINDOW`) — the timed loop then only iterates over them — else a window at a time."""
+        return SendCalls(self, CALL_WINDOW if window is None else window)
 
     @classmethod
     def from_trace(cls, trace: Trace, path: str | Path | None = None) -> ReplayInput:
@@ -257,8 +291,7 @@ class ReplayInput:
         sent. A trace without bytes gets synthesized frames (see :class:`_Frames`).
         """
         arrays, frames = _replayed(trace, path)
-        data = frames.chunk(0, len(frames)) if len(frames) else memoryview(b"")
-        return cls(data=data.toreadonly(), **arrays)
+        return cls(data=frames.buffer().toreadonly(), **arrays)
 
     @classmethod
     def write(cls, trace: Trace, folder: str | Path, path: str | Path | None = None) -> ReplayInput:
@@ -269,8 +302,11 @@ class ReplayInput:
         for name, array in arrays.items():
             np.save(folder / f"{name}.npy", array, allow_pickle=False)
         with open(folder / "frames.bin", "wb") as fh:
-            for start in range(0, len(frames), WRITE_SLICE):
-                fh.write(frames.chunk(start, WRITE_SLICE))
+            if frames.synthetic:
+                fh.write(frames.buffer())
+            else:
+                for start in range(0, len(frames), WRITE_SLICE):
+                    fh.write(frames.chunk(start, WRITE_SLICE))
         return cls.load(folder)
 
     def save(self, folder: str | Path) -> None:
@@ -285,11 +321,69 @@ class ReplayInput:
     def load(cls, folder: str | Path) -> ReplayInput:
         """Map what :meth:`save` wrote: the frames are a read-only memory map shared with every other reader."""
         folder = Path(folder)
-        arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in _ARRAYS}
+        names = [name for name in _ARRAYS if name != "frame_start"]
+        arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in names}
+        starts = folder / "frame_start.npy"  # absent from a folder saved before frames became views: back to back
+        arrays["frame_start"] = (
+            np.load(starts, allow_pickle=False) if starts.exists() else arrays["frame_offset"][:-1].copy()
+        )
         with open(folder / "frames.bin", "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             data = memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)) if size else memoryview(b"")
         return cls(data=data, **arrays)
+
+
+class SendCalls(Sequence[SendCall]):
+    """The :class:`SendCall` objects of a :class:`ReplayInput`, ``window`` calls at a time: all of them, built at
+    once, when there are no more than ``window`` (what the loops iterate over is then a plain list); else the
+    window holding the call asked for is built when first reached and replaces the previous one, so a trace of
+    10 million calls never has more than ``window`` of them as Python objects. Building a window happens between
+    two calls (outside every call's timed span; a run of ``runs:N`` straddling windows includes it)."""
+
+    def __init__(self, inp: ReplayInput, window: int) -> None:
+        self.inp = inp
+        self.window = max(1, window)
+        self._count = inp.calls
+        self._first = 0
+        self._calls = inp.build_calls(0, min(self._count, self.window))
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _at(self, k: int) -> SendCall:
+        if not self._first <= k < self._first + len(self._calls):
+            self._first = k - k % self.window
+            self._calls = []  # the old window is freed before the next is built
+            self._calls = self.inp.build_calls(self._first, min(self._count, self._first + self.window))
+        return self._calls[k - self._first]
+
+    @overload
+    def __getitem__(self, k: int) -> SendCall: ...
+    @overload
+    def __getitem__(self, k: slice) -> list[SendCall]: ...
+    def __getitem__(self, k: int | slice) -> SendCall | list[SendCall]:
+        if isinstance(k, slice):
+            return [self._at(i) for i in range(*k.indices(self._count))]
+        if k < 0:
+            k += self._count
+        if not 0 <= k < self._count:
+            raise IndexError(k)
+        return self._at(k)
+
+    def __iter__(self) -> Iterator[SendCall]:
+        if self._count <= self.window:
+            return iter(self._calls)
+        return self._windows()
+
+    def items(self) -> Sequence[SendCall]:
+        """What the timed loops take: the list itself when every call is built (plain list indexing and iteration
+        inside a ``runs:N`` timed span), else this sequence (built a window at a time)."""
+        return self._calls if self._count <= self.window else self
+
+    def _windows(self) -> Iterator[SendCall]:
+        for first in range(0, self._count, self.window):
+            self._at(first)
+            yield from self._calls
 
 
 # --- pacing ------------------------------------------------------------------------------------------------------
@@ -885,18 +979,19 @@ class StrategyReplayer:
         self.cost_profile = cost_profile
         self.max_findings_per_rule = max_findings_per_rule
         self.calls = inp.send_calls()
-        self.call_of = inp.call_of_packet()
         self._offsets = pacing.offsets(inp)
         self.failed = False
         #: what the miniport declared at open() (MiniportInfo as a dict), once opened
         self.miniport_info: dict[str, Any] = {}
         self._timed: tuple[Ndis, Strategy, Miniport] | None = None
-        n, c = inp.packets, inp.calls
-        # the output arrays, allocated once and reused by every round
-        self._complete = np.full(n, -1, dtype=np.int64)
-        self._t0 = np.zeros(c, dtype=np.int64)
-        self._t1 = np.zeros(c, dtype=np.int64)
-        self._t2 = np.zeros(c, dtype=np.int64)
+        # the output arrays, allocated by the first timed round and reused by every round (a worker timing in the
+        # native core never needs them: 32 bytes per packet of a huge trace saved)
+        self._complete = self._t0 = self._t1 = self._t2 = np.empty(0, dtype=np.int64)
+
+    @functools.cached_property
+    def call_of(self) -> Int64Array:
+        """[n] the call number of each packet (made when first needed)."""
+        return self.inp.call_of_packet()
 
     def _bind_context(self, ndis: Ndis, miniport: Miniport) -> BindContext:
         miniport.expect(self.inp)
@@ -1022,6 +1117,9 @@ class StrategyReplayer:
             self.open_timed()
         assert self._timed is not None
         ndis, strategy, miniport = self._timed
+        if len(self._complete) != self.inp.packets:
+            self._complete = np.full(self.inp.packets, -1, dtype=np.int64)
+            self._t0, self._t1, self._t2 = (np.zeros(self.inp.calls, dtype=np.int64) for _ in range(3))
         complete = self._complete
         complete.fill(-1)
         self._t2.fill(0)  # a call whose submit never returned keeps 0: that is where an exception happened
@@ -1041,13 +1139,13 @@ class StrategyReplayer:
             start = _pc()
             if offsets is not None:
                 due = (offsets + start).tolist()
-                _loop_paced(self.calls, build, submit, poll, t0, t1, t2, due)
+                _loop_paced(self.calls.items(), build, submit, poll, t0, t1, t2, due)
             elif self.run_calls > 1:
-                _loop_runs(self.calls, build, submit, t0, t2, self.run_calls)
+                _loop_runs(self.calls.items(), build, submit, t0, t2, self.run_calls)
             elif poll is None:
-                _loop(self.calls, build, submit, t0, t1, t2)
+                _loop(self.calls.items(), build, submit, t0, t1, t2)
             else:
-                _loop_poll(self.calls, build, submit, poll, t0, t1, t2)
+                _loop_poll(self.calls.items(), build, submit, poll, t0, t1, t2)
             miniport.drain()
             end = _pc()
         except Exception as exc:
@@ -1146,17 +1244,18 @@ class LoopBaseline:
     pacing: Pacing = ASAP
     #: calls per clock reading, as the strategies' rounds (1: per call)
     run_calls: int = 1
-    calls: list[SendCall] = field(init=False)
+    calls: SendCalls = field(init=False)
 
     def __post_init__(self) -> None:
-        self.calls = self.inp.send_calls()
-        self._call_of = self.inp.call_of_packet()
-        self._complete = np.full(self.inp.packets, -1, dtype=np.int64)
-        c = self.inp.calls
-        self._t = [np.zeros(c, dtype=np.int64) for _ in range(3)]
+        self._complete = np.empty(0, dtype=np.int64)  # made by the first round (a native floor's worker never runs one)
 
     def timed_round(self, number: int, warmup: bool) -> RoundOutcome:
         """One round of the no-op loop (asap: the floor does not depend on pacing)."""
+        if len(self._complete) != self.inp.packets:
+            self.calls = self.inp.send_calls()
+            self._call_of = self.inp.call_of_packet()
+            self._complete = np.full(self.inp.packets, -1, dtype=np.int64)
+            self._t = [np.zeros(self.inp.calls, dtype=np.int64) for _ in range(3)]
         noop = _Noop(self._complete)
         t0, t1, t2 = (a.data for a in self._t)
         gc.collect()
@@ -1165,9 +1264,9 @@ class LoopBaseline:
         try:
             start = _pc()
             if self.run_calls > 1:
-                _loop_runs(self.calls, noop.build, noop.submit, t0, t2, self.run_calls)
+                _loop_runs(self.calls.items(), noop.build, noop.submit, t0, t2, self.run_calls)
             else:
-                _loop(self.calls, noop.build, noop.submit, t0, t1, t2)
+                _loop(self.calls.items(), noop.build, noop.submit, t0, t1, t2)
             end = _pc()
         finally:
             if enabled:
@@ -1189,6 +1288,7 @@ __all__ = [
     "Pacing",
     "ReplayInput",
     "RoundOutcome",
+    "SendCalls",
     "StrategyReplayer",
     "TeeWire",
     "TimerCalibration",
@@ -1203,5 +1303,7 @@ __all__ = [
     "parse_timing",
     "rate_over",
     "spread_runs",
+    "synthetic_pattern",
+    "synthetic_starts",
     "timing_text",
 ]

@@ -21,6 +21,7 @@ One trace, every strategy, interleaved on one machine (DESIGN.md, Results):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -29,6 +30,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -330,6 +332,14 @@ def measured_latency(trace: Trace) -> dict[str, Any] | None:
     }
 
 
+#: Per-packet rows (packets × measured rounds × strategies) a run keeps as one DataFrame at most (~54 bytes a row):
+#: a run of more writes each measured round's rows to a Parquet part file as the round arrives, and save() merges
+#: them with polars' streaming sink (RunResult.packets_spilled). Adjustable with ``NDIS_REPLAY_PACKETS_IN_MEMORY``.
+PACKETS_IN_MEMORY = int(os.environ.get("NDIS_REPLAY_PACKETS_IN_MEMORY", "") or 4_000_000)
+#: Rows per part file when a round's rows are spilled.
+SPILL_SLICE = 1_000_000
+
+
 def run_trace(
     trace: Trace,
     strategies: Sequence[StrategySpec],
@@ -353,6 +363,8 @@ def run_trace(
         dup = next(n for n in names if names.count(n) > 1)
         raise ConfigError("strategy", dup, "is given more than once")
     folder = Path(tempfile.mkdtemp(prefix="ndis-replay-input-"))
+    spill: Path | None = None  # the part files of a huge run's per-packet rows (removed with the result)
+    spilled = False
     wire_tmp: dict[str, Path] = {}
     workers: list[_Worker] = []
     miniport_cls = options.miniport.cls
@@ -360,6 +372,10 @@ def run_trace(
     previous_term = _terminate_raises()
     try:
         inp = ReplayInput.write(trace, folder, path)
+        rows = inp.packets * options.rounds * len(strategies)
+        if options.keep_packets and not options.check_only and rows > PACKETS_IN_MEMORY:
+            spill = Path(tempfile.mkdtemp(prefix="ndis-replay-packets-"))
+        call_of = inp.call_of_packet() if spill is not None else None
         sends = trace.frame["linktype"].filter(trace.frame["direction"] != "recv")
         linktype = int(sends[0]) if len(sends) else 1
         # run-scoped miniport setup (tap: the private network namespace), undone in the finally below
@@ -485,6 +501,9 @@ def run_trace(
                     tick(label)
                     continue
                 _take_round(track, outcome_r, options.keep_packets, inp)
+                if spill is not None and call_of is not None and track.spec is not None and track.rounds:
+                    part = spill / f"{tracks.index(track):04d}-{number:06d}"
+                    _spill_round(track, inp, call_of, _packet_cost(track, options, inp), part)
                 tick(label)
 
         for track in [*tracks, *floors]:
@@ -500,8 +519,17 @@ def run_trace(
         for name, tmp in wire_tmp.items():
             if tmp.exists():
                 publish(tmp, Path(wire[name]), replace=True)  # type: ignore[index]  # existence checked by the CLI
-        return _result(trace, inp, path, options, tracks, floors, cpu)
+        result = _result(trace, inp, path, options, tracks, floors, cpu, spilled=spill is not None)
+        if spill is not None:
+            parts = sorted(spill.glob("*.parquet"))
+            result.packets = None
+            result.packets_spilled = pl.scan_parquet(parts) if parts else _packets_schema(options).lazy()
+            weakref.finalize(result, shutil.rmtree, spill, True)  # the parts live as long as the result
+            spilled = True
+        return result
     finally:
+        if spill is not None and not spilled:
+            shutil.rmtree(spill, ignore_errors=True)
         for worker in workers:
             worker.kill()
         for tmp in wire_tmp.values():
@@ -662,24 +690,77 @@ def _strategy_result(track: _Track, inp: ReplayInput, options: RunOptions) -> St
     )
 
 
-def _packets_frame(track: _Track, inp: ReplayInput, cost: np.ndarray[Any, Any] | None) -> pl.DataFrame:
-    call_of = inp.call_of_packet()
+def _packets_schema(options: RunOptions) -> pl.DataFrame:
+    schema = dict(PACKET_SCHEMA)
+    if options.cost_profile is not None:
+        schema[MODELLED_COLUMN] = pl.Float64()
+    return pl.DataFrame(schema=schema)
+
+
+def _packet_cost(track: _Track, options: RunOptions, inp: ReplayInput) -> np.ndarray[Any, Any] | None:
+    """The modelled_ns column of a strategy's rows (NaN without a checked pass), None without a cost profile."""
+    if options.cost_profile is None:
+        return None
+    cost = track.check.packet_cost_ns if track.check is not None else None
+    return np.full(inp.packets, np.nan) if cost is None else cost
+
+
+def _spill_round(
+    track: _Track, inp: ReplayInput, call_of: np.ndarray[Any, Any], cost: np.ndarray[Any, Any] | None, part: Path
+) -> None:
+    """Write the rows of the round just taken (the last of ``track.rounds``, if measured and kept) to ``part`` and
+    keep the round without its per-packet arrays (the summary's copies stay in latencies, builds and sends)."""
+    outcome = track.rounds[-1]
+    if outcome.warmup or len(outcome.latency_ns) != inp.packets:
+        return
+    schema = dict(PACKET_SCHEMA) if cost is None else {**PACKET_SCHEMA, MODELLED_COLUMN: pl.Float64()}
+    sizes = inp.sizes
+    for k, first in enumerate(range(0, inp.packets, SPILL_SLICE)):  # a slice at a time: ~54 MB of rows at most
+        rows = _round_rows(track.name, outcome, inp, call_of, sizes, cost, slice(first, first + SPILL_SLICE))
+        rows.cast(schema).write_parquet(part.with_name(f"{part.stem}-{k:05d}.parquet"), statistics=True)  # type: ignore[arg-type]
+    empty = np.empty(0, dtype=np.int64)
+    track.rounds[-1] = dataclasses.replace(outcome, latency_ns=empty, build_ns=empty, send_ns=empty)
+
+
+def _round_rows(
+    name: str,
+    outcome: RoundOutcome,
+    inp: ReplayInput,
+    call_of: np.ndarray[Any, Any],
+    sizes: np.ndarray[Any, Any],
+    cost: np.ndarray[Any, Any] | None,
+    rows: slice,
+) -> pl.DataFrame:
+    """packets.parquet's rows ``rows`` (packets in replay order) of one strategy's round."""
+    n = len(range(*rows.indices(inp.packets)))
+    columns: dict[str, Any] = {
+        "strategy": pl.Series("strategy", [name]).new_from_index(0, n),
+        "round": np.full(n, outcome.number, dtype=np.uint16),
+        "index": inp.index[rows].astype(np.uint32),
+        "batch": inp.batch[rows].astype(np.uint32),
+        "size": sizes[rows].astype(np.uint32),
+        "latency_ns": outcome.latency_ns[rows],
+        "build_ns": outcome.build_ns[call_of[rows]],
+        "send_ns": outcome.send_ns[call_of[rows]],
+    }
+    if cost is not None:
+        columns[MODELLED_COLUMN] = cost[rows]
+    return pl.DataFrame(columns)
+
+
+def _packets_frame(
+    track: _Track,
+    inp: ReplayInput,
+    cost: np.ndarray[Any, Any] | None,
+    rounds: Sequence[RoundOutcome] | None = None,
+    call_of: np.ndarray[Any, Any] | None = None,
+) -> pl.DataFrame:
+    call_of = inp.call_of_packet() if call_of is None else call_of
     sizes = inp.sizes
     frames = []
-    for outcome in track.rounds:
-        columns: dict[str, Any] = {
-            "strategy": pl.Series("strategy", [track.name]).new_from_index(0, inp.packets),
-            "round": np.full(inp.packets, outcome.number, dtype=np.uint16),
-            "index": inp.index.astype(np.uint32),
-            "batch": inp.batch.astype(np.uint32),
-            "size": sizes.astype(np.uint32),
-            "latency_ns": outcome.latency_ns,
-            "build_ns": outcome.build_ns[call_of],
-            "send_ns": outcome.send_ns[call_of],
-        }
-        if cost is not None:
-            columns[MODELLED_COLUMN] = cost
-        frames.append(pl.DataFrame(columns))
+    whole = slice(0, inp.packets)
+    for outcome in track.rounds if rounds is None else rounds:
+        frames.append(_round_rows(track.name, outcome, inp, call_of, sizes, cost, whole))
     return pl.concat(frames) if frames else pl.DataFrame(schema=PACKET_SCHEMA)
 
 
@@ -691,6 +772,8 @@ def _result(
     tracks: list[_Track],
     floors: list[_Track],
     timed_on: int | None,
+    *,
+    spilled: bool = False,
 ) -> RunResult:
     strategies = [_strategy_result(t, inp, options) for t in tracks]
     timers = [t.worker.timer.median_ns for t in tracks if t.worker.timer is not None]
@@ -708,7 +791,7 @@ def _result(
     overhead = overheads[0] if overheads else None
     miniport_info: dict[str, Any] = next((dict(t.check.miniport_info) for t in tracks if t.check), {})
     packets = None
-    if options.keep_packets and not options.check_only:
+    if options.keep_packets and not options.check_only and not spilled:  # spilled: the part files hold them
         profile = options.cost_profile
         parts = []
         for track in tracks:

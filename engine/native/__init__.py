@@ -354,6 +354,7 @@ class NativeReplayer:
             _i64(inp.index),
             _i64(inp.call_start),
             self._max_in_flight,
+            _i64(inp.frame_start),
         )
         self.bound_counters = tuple(self._engine.counters())
         if self._tap is not None:

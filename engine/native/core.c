@@ -98,6 +98,8 @@ typedef struct {
     PyObject *tap_drain;   /* drain(log: bytes, size: int) -> (in_flight, in_flight_bytes): the Python far side */
     PyObject *tap_error[3]; /* what drain raised during a round (type, value, traceback) */
     Py_buffer data, frame_offset, header_len, index, call_start;
+    Py_buffer frame_start; /* held only when given (has_start); else frames are contiguous: frame_offset[:-1] */
+    int has_start;
     int views;   /* buffers held */
     int bound;   /* strategy bound, not yet unbound */
     int broken;  /* a round failed: the engine runs no further round */
@@ -131,6 +133,8 @@ static void engine_release(EngineObject *self) {
         PyBuffer_Release(&self->header_len);
         PyBuffer_Release(&self->index);
         PyBuffer_Release(&self->call_start);
+        if (self->has_start) PyBuffer_Release(&self->frame_start);
+        self->has_start = 0;
         self->views = 0;
     }
 }
@@ -172,11 +176,12 @@ static int validate_input(EngineObject *self) {
             return -1;
         }
         if (length > in->max_frame) in->max_frame = length;
-    }
-    if (in->frame_offset[in->packets] > in->data_len) {
-        PyErr_Format(PyExc_ValueError, "frame_offset ends at %lld, beyond the %lld bytes of data",
-                     (long long)in->frame_offset[in->packets], (long long)in->data_len);
-        return -1;
+        /* every frame lies inside data, wherever it starts (frame_start: views need not be contiguous) */
+        if (in->frame_start[i] < 0 || in->frame_start[i] > in->data_len - length) {
+            PyErr_Format(PyExc_ValueError, "frame %lld (%lld bytes at %lld) lies beyond the %lld bytes of data",
+                         (long long)i, (long long)length, (long long)in->frame_start[i], (long long)in->data_len);
+            return -1;
+        }
     }
     return 0;
 }
@@ -184,17 +189,17 @@ static int validate_input(EngineObject *self) {
 static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"strategy",   "params", "completion",  "count",        "delay_ns",
                              "from_current_mdl", "data", "frame_offset", "header_len", "index",
-                             "call_start", "max_in_flight", NULL};
+                             "call_start", "max_in_flight", "frame_start", NULL};
     int which, kind, from_current;
     long long count, delay_ns, max_in_flight;
-    PyObject *params, *data, *frame_offset, *header_len, *index, *call_start;
+    PyObject *params, *data, *frame_offset, *header_len, *index, *call_start, *frame_start = Py_None;
     if (self->views || self->bound) {
         PyErr_SetString(PyExc_RuntimeError, "Engine is initialised once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOiLLpOOOOOL", kwlist, &which, &params, &kind, &count, &delay_ns,
-                                     &from_current, &data, &frame_offset, &header_len, &index, &call_start,
-                                     &max_in_flight))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOiLLpOOOOOL|O", kwlist, &which, &params, &kind, &count,
+                                     &delay_ns, &from_current, &data, &frame_offset, &header_len, &index, &call_start,
+                                     &max_in_flight, &frame_start))
         return -1;
     if (which != STRATEGY_REUSE && which != STRATEGY_ALLOC && which != STRATEGY_NDIS5_ALLOC &&
         which != STRATEGY_NDIS5_REUSE && !(which >= STRATEGY_COPY && which <= STRATEGY_CLONE)) {
@@ -252,11 +257,23 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds) {
         PyBuffer_Release(&self->frame_offset);
         return -1;
     }
+    if (frame_start != Py_None) {
+        if (int64_view(frame_start, &self->frame_start, "frame_start", 0, n) < 0) {
+            PyBuffer_Release(&self->data);
+            PyBuffer_Release(&self->call_start);
+            PyBuffer_Release(&self->index);
+            PyBuffer_Release(&self->frame_offset);
+            PyBuffer_Release(&self->header_len);
+            return -1;
+        }
+        self->has_start = 1;
+    }
     self->views = 1;
     REPLAY_INPUT *in = &self->in;
     in->data = self->data.buf;
     in->data_len = self->data.len;
     in->frame_offset = self->frame_offset.buf;
+    in->frame_start = self->has_start ? (const int64_t *)self->frame_start.buf : in->frame_offset;
     in->header_len = self->header_len.buf;
     in->index = self->index.buf;
     in->call_start = self->call_start.buf;

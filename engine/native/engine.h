@@ -6,11 +6,14 @@
 
 #include "ndis.h"
 
-/* The replay input (engine/replay.py ReplayInput): n packets, C calls, one contiguous data buffer. */
+/* The replay input (engine/replay.py ReplayInput): n packets, C calls, one data buffer. Frame i is frame_len(i) bytes
+ * (the step of frame_offset) at data + frame_start[i]: frames need not be contiguous nor distinct (a trace without
+ * bytes has every synthesized frame as a view into one small pattern buffer). */
 typedef struct _REPLAY_INPUT {
     const uint8_t *data;
     int64_t data_len;
-    const int64_t *frame_offset; /* [n + 1] */
+    const int64_t *frame_offset; /* [n + 1] cumulative frame lengths, bytes */
+    const int64_t *frame_start;  /* [n] where each frame starts in data, bytes */
     const int64_t *header_len;   /* [n] */
     const int64_t *index;        /* [n] */
     const int64_t *call_start;   /* [C + 1] */
@@ -19,6 +22,14 @@ typedef struct _REPLAY_INPUT {
     int64_t max_call;
     int64_t max_frame;
 } REPLAY_INPUT;
+
+/* the bytes and the length of frame i (every strategy reads a frame through these) */
+static inline uint8_t *frame_of(const REPLAY_INPUT *in, int64_t i) {
+    return (uint8_t *)in->data + in->frame_start[i];
+}
+static inline uint32_t length_of(const REPLAY_INPUT *in, int64_t i) {
+    return (uint32_t)(in->frame_offset[i + 1] - in->frame_offset[i]);
+}
 
 /* --- loopback miniport (engine/miniports/loopback.py) ------------------------------------------------------------ */
 #define COMPLETION_SYNC 0

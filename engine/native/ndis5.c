@@ -307,12 +307,6 @@ void NdisMSendComplete(NDIS_RT *rt, NDIS_PACKET *packet, NDIS_STATUS status) {
 
 /* ================================= the strategies ================================================================ */
 
-static inline uint8_t *frame_of(const REPLAY_INPUT *in, int64_t i) {
-    return (uint8_t *)in->data + in->frame_offset[i];
-}
-static inline uint32_t length_of(const REPLAY_INPUT *in, int64_t i) {
-    return (uint32_t)(in->frame_offset[i + 1] - in->frame_offset[i]);
-}
 static inline uint32_t cut(uint32_t length, int64_t header_len, int64_t split) {
     /* where a frame is cut into a header buffer and a payload buffer; 0: one buffer (engine/strategies/common.py) */
     return split && 0 < header_len && header_len < (int64_t)length ? (uint32_t)header_len : 0;

@@ -5,13 +5,6 @@
 
 #include "engine.h"
 
-static inline uint8_t *frame_of(const REPLAY_INPUT *in, int64_t i) {
-    return (uint8_t *)in->data + in->frame_offset[i];
-}
-static inline uint32_t length_of(const REPLAY_INPUT *in, int64_t i) {
-    return (uint32_t)(in->frame_offset[i + 1] - in->frame_offset[i]);
-}
-
 /* ======================================= reuse (NDIS_MODEL.md section 2.2, XDP TX) ================================ */
 #define REUSE_DEPTH 0
 #define REUSE_SPLIT 1

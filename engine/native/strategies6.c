@@ -12,12 +12,6 @@
 
 #include "engine.h"
 
-static inline uint8_t *frame_of(const REPLAY_INPUT *in, int64_t i) {
-    return (uint8_t *)in->data + in->frame_offset[i];
-}
-static inline uint32_t length_of(const REPLAY_INPUT *in, int64_t i) {
-    return (uint32_t)(in->frame_offset[i + 1] - in->frame_offset[i]);
-}
 static void out_of_memory(STRATEGY *s, const char *what) {
     if (!s->rt->failure) {
         s->rt->failure = NDIS_FAIL_MEMORY;
