@@ -66,17 +66,23 @@ NDIS_NBL_POOL *NdisAllocateNetBufferListPool(NDIS_RT *rt, const NET_BUFFER_LIST_
     return pool;
 }
 
-void NdisFreeNetBufferListPool(NDIS_RT *rt, NDIS_NBL_POOL *pool) {
+/* a pool's end (NdisFreeNetBufferListPool, NdisFreeNetBufferPool): its cached blocks go back to the heap, counted.
+ * NBLs and NBs alike link their free list through their first field, Next. */
+_Static_assert(offsetof(NET_BUFFER_LIST, Next) == 0 && offsetof(NET_BUFFER, Next) == 0, "Next leads both");
+static void free_cached(NDIS_RT *rt, void *head, int64_t cached, uint32_t block_size) {
     NDIS_COUNTERS *c = &rt->c;
     c->ddk_calls += 1;
-    c->sys_frees += pool->cached;
-    c->mem_bytes -= pool->cached * (int64_t)pool->block_size;
-    NET_BUFFER_LIST *nbl = pool->free_list;
-    while (nbl != NULL) {
-        NET_BUFFER_LIST *next = nbl->Next;
-        free(nbl);
-        nbl = next;
+    c->sys_frees += cached;
+    c->mem_bytes -= cached * (int64_t)block_size;
+    while (head != NULL) {
+        void *next = *(void **)head;
+        free(head);
+        head = next;
     }
+}
+
+void NdisFreeNetBufferListPool(NDIS_RT *rt, NDIS_NBL_POOL *pool) {
+    free_cached(rt, pool->free_list, pool->cached, pool->block_size);
     free(pool);
 }
 
@@ -284,11 +290,10 @@ static void fill_pfns(MDL *mdl) {
     mdl->MappedSystemVa = (char *)mdl->StartVa + mdl->ByteOffset;
 }
 
-static MDL *take_mdl(NDIS_RT *rt, void *va, uint32_t length) {
+MDL *MdlBlockAllocate(NDIS_RT *rt, uint32_t length, const char *who, uint16_t *flags) {
     NDIS_COUNTERS *c = &rt->c;
-    uint32_t pages = pages_spanned(0, length);
     MDL *mdl;
-    if (pages <= MDL_LOOKASIDE_MAX_PAGES) {
+    if (pages_spanned(0, length) <= MDL_LOOKASIDE_MAX_PAGES) {
         c->interlocked_ops += 1; /* pop from the fixed-size MDL lookaside list */
         mdl = rt->mdl_lookaside;
         if (mdl != NULL) {
@@ -298,24 +303,32 @@ static MDL *take_mdl(NDIS_RT *rt, void *va, uint32_t length) {
             c->pool_misses += 1;
             mdl = aligned_alloc(MEMORY_ALLOCATION_ALIGNMENT, round_up(MDL_FIXED_BLOCK_SIZE, MEMORY_ALLOCATION_ALIGNMENT));
             if (mdl == NULL) {
-                fail(rt, NDIS_FAIL_MEMORY, "IoAllocateMdl");
+                fail(rt, NDIS_FAIL_MEMORY, who);
                 return NULL;
             }
             sys_alloc(c, MDL_FIXED_BLOCK_SIZE);
         }
-        describe(mdl, va, length);
-        mdl->MdlFlags = MDL_ALLOCATED_FIXED_SIZE;
-    } else {
-        uint32_t size = mm_size_of_mdl(0, length);
-        mdl = aligned_alloc(MEMORY_ALLOCATION_ALIGNMENT, round_up(size, 16));
-        if (mdl == NULL) {
-            fail(rt, NDIS_FAIL_MEMORY, "IoAllocateMdl");
-            return NULL;
-        }
-        sys_alloc(c, size);
-        describe(mdl, va, length);
-        mdl->MdlFlags = 0;
+        *flags = MDL_ALLOCATED_FIXED_SIZE;
+        return mdl;
     }
+    uint32_t size = mm_size_of_mdl(0, length);
+    mdl = aligned_alloc(MEMORY_ALLOCATION_ALIGNMENT, round_up(size, MEMORY_ALLOCATION_ALIGNMENT));
+    if (mdl == NULL) {
+        fail(rt, NDIS_FAIL_MEMORY, who);
+        return NULL;
+    }
+    sys_alloc(c, size);
+    *flags = 0;
+    return mdl;
+}
+
+static MDL *take_mdl(NDIS_RT *rt, void *va, uint32_t length) {
+    NDIS_COUNTERS *c = &rt->c;
+    uint16_t flags;
+    MDL *mdl = MdlBlockAllocate(rt, length, "IoAllocateMdl", &flags);
+    if (mdl == NULL) return NULL;
+    describe(mdl, va, length);
+    mdl->MdlFlags = flags;
     c->mdl_allocs += 1;
     PEAK(c, mdl);
     return mdl;
@@ -462,16 +475,7 @@ NDIS_NB_POOL *NdisAllocateNetBufferPool(NDIS_RT *rt, uint32_t DataSize) {
 }
 
 void NdisFreeNetBufferPool(NDIS_RT *rt, NDIS_NB_POOL *pool) {
-    NDIS_COUNTERS *c = &rt->c;
-    c->ddk_calls += 1;
-    c->sys_frees += pool->cached;
-    c->mem_bytes -= pool->cached * (int64_t)pool->block_size;
-    NET_BUFFER *nb = pool->free_list;
-    while (nb != NULL) {
-        NET_BUFFER *next = nb->Next;
-        free(nb);
-        nb = next;
-    }
+    free_cached(rt, pool->free_list, pool->cached, pool->block_size);
     free(pool);
 }
 

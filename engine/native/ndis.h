@@ -298,6 +298,10 @@ NET_BUFFER_LIST *NdisAllocateNetBufferList(NDIS_RT *rt, NDIS_NBL_POOL *pool, uin
                                            uint32_t ContextBackFill);
 NDIS_NB_POOL *NdisAllocateNetBufferPool(NDIS_RT *rt, uint32_t DataSize);
 void NdisFreeNetBufferPool(NDIS_RT *rt, NDIS_NB_POOL *pool);
+/* not a DDK call: the block behind IoAllocateMdl and NdisAllocateBuffer — from the fixed-size MDL lookaside when
+ * the buffer spans few enough pages (flags = MDL_ALLOCATED_FIXED_SIZE), else from the heap (flags = 0); counted;
+ * NULL (failure recorded under who) when the heap refuses */
+MDL *MdlBlockAllocate(NDIS_RT *rt, uint32_t length, const char *who, uint16_t *flags);
 NET_BUFFER *NdisAllocateNetBufferMdlAndData(NDIS_RT *rt, NDIS_NB_POOL *pool);
 void NdisFreeNetBuffer(NDIS_RT *rt, NET_BUFFER *nb);
 void *MmGetSystemAddressForMdlSafe(NDIS_RT *rt, MDL *mdl);

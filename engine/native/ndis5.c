@@ -189,35 +189,11 @@ NDIS_BUFFER *NdisAllocateBuffer(NDIS_RT *rt, NDIS_STATUS *Status, NDIS_BUFFER_PO
     NDIS_COUNTERS *c = &rt->c;
     c->ddk_calls += 1;
     uint32_t pages = pages_spanned(0, Length);
-    MDL *mdl;
     uint16_t flags;
-    if (pages <= MDL_LOOKASIDE_MAX_PAGES) {
-        c->interlocked_ops += 1; /* pop from the fixed-size MDL lookaside list */
-        mdl = rt->mdl_lookaside;
-        if (mdl != NULL) {
-            c->pool_hits += 1;
-            rt->mdl_lookaside = mdl->Next;
-        } else {
-            c->pool_misses += 1;
-            mdl = aligned_alloc(MEMORY_ALLOCATION_ALIGNMENT, round_up(MDL_FIXED_BLOCK_SIZE, MEMORY_ALLOCATION_ALIGNMENT));
-            if (mdl == NULL) {
-                fail(rt, NDIS_FAIL_MEMORY, "NdisAllocateBuffer");
-                *Status = NDIS_STATUS_RESOURCES;
-                return NULL;
-            }
-            sys_alloc(c, MDL_FIXED_BLOCK_SIZE);
-        }
-        flags = MDL_ALLOCATED_FIXED_SIZE;
-    } else {
-        uint32_t size = mm_size_of_mdl(0, Length);
-        mdl = aligned_alloc(MEMORY_ALLOCATION_ALIGNMENT, round_up(size, MEMORY_ALLOCATION_ALIGNMENT));
-        if (mdl == NULL) {
-            fail(rt, NDIS_FAIL_MEMORY, "NdisAllocateBuffer");
-            *Status = NDIS_STATUS_RESOURCES;
-            return NULL;
-        }
-        sys_alloc(c, size);
-        flags = 0;
+    MDL *mdl = MdlBlockAllocate(rt, Length, "NdisAllocateBuffer", &flags);
+    if (mdl == NULL) {
+        *Status = NDIS_STATUS_RESOURCES;
+        return NULL;
     }
     /* the model's convention (engine/ndis/mdl.py): the buffer starts at page offset 0 */
     mdl->Next = NULL;
