@@ -1352,6 +1352,12 @@ def run(
             written.extend(p for p in wires.values() if p.exists())
             save(result, target, force=force, keep_old=replaced)
             written.append(target)
+            if result.packets is None and result.packets_spilled is not None and (not files.empty or base_run):
+                # a huge run's rows went to disk part by part: the report and the comparison read them back from
+                # the saved directory, as `ndis-replay report DIR` does
+                from ndis_replay.results import load as load_results
+
+                result = load_results(target)
             _render_run(result, target)
             done.append((str(target), result))
             found = found or not result.ok

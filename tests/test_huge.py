@@ -216,3 +216,16 @@ def test_a_big_run_spills_its_packet_rows_round_by_round(
     same = ["strategy", "round", "index", "batch", "size"]
     assert b.select(same).equals(a.select(same))  # the same rows in the same order; only the timings differ
     assert (b["latency_ns"] >= 0).all()
+
+
+def test_a_spilled_runs_report_has_its_per_packet_charts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The rows of a spilled run are on disk only: `run --report` reads them back from the saved directory, so the
+    report has every per-packet chart, as `ndis-replay report DIR` would (not only the operation counts)."""
+    monkeypatch.setattr(runner, "PACKETS_IN_MEMORY", 10)
+    html = tmp_path / "r.html"
+    done = _cli_run("run", SAMPLES / "small_packets.pcapng", "-s", "reuse", "-s", "alloc", "--rounds", "2",
+                    "--out", tmp_path / "r", "--report", html)  # fmt: skip
+    assert done.exit_code == 0, done.output
+    charts = html.read_text(encoding="utf-8")
+    for name in ("cdf", "histogram", "latency-by-size", "op-counts"):
+        assert f'data-chart="{name}"' in charts, name
