@@ -778,6 +778,16 @@ class RoundOutcome:
     delivery: dict[str, int] | None = None
 
 
+def read_far_side(miniport: Any) -> tuple[dict[str, int] | None, Finding | None]:
+    """After a timed round's window, for both engines: what a device-backed miniport's far side still had to read
+    (its delivery counts; None for an in-process miniport), or the finding for an exception reading it."""
+    try:
+        far = miniport.delivery()
+    except Exception as exc:
+        return None, exception_finding(exc, -1, "timed round, far side")
+    return (far[0] if far is not None else None), None
+
+
 def finish_round(
     inp: ReplayInput,
     call_of: Int64Array,
@@ -1160,12 +1170,7 @@ class StrategyReplayer:
         after = _counts(ndis)
         delivery = None
         if error is None:
-            try:
-                far = miniport.delivery()  # after the timed window: reads what is left on the far side
-            except Exception as exc:
-                error = exception_finding(exc, -1, "timed round, far side")
-            else:
-                delivery = far[0] if far is not None else None
+            delivery, error = read_far_side(miniport)
         outcome = finish_round(
             self.inp,
             self.call_of,
@@ -1302,6 +1307,7 @@ __all__ = [
     "parse_pacing",
     "parse_timing",
     "rate_over",
+    "read_far_side",
     "spread_runs",
     "synthetic_pattern",
     "synthetic_starts",

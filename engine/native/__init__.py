@@ -374,7 +374,7 @@ class NativeReplayer:
     def timed_round(self, number: int, warmup: bool, *, capture: bool = False) -> RoundOutcome:
         """One round in the core (GIL released); ``capture`` also gathers every NB's bytes into :attr:`wire`
         (differential tests: never in a measured round)."""
-        from ndis_replay.engine.replay import exception_finding, finish_round
+        from ndis_replay.engine.replay import exception_finding, finish_round, read_far_side
         from ndis_replay.engine.verifier import Finding
 
         if self._engine is None:
@@ -411,13 +411,7 @@ class NativeReplayer:
         after = engine.counters()
         delivery: dict[str, int] | None = None
         if tap is not None and error is None:
-            try:
-                far = tap.delivery()  # after the timed window: reads what is left on the far side
-            except Exception as exc:
-                self.failed = True
-                error = exception_finding(exc, -1, "timed round, far side")
-            else:
-                delivery = far[0] if far is not None else None
+            delivery, error = read_far_side(tap)
         outcome = finish_round(
             self.inp,
             self.call_of,
