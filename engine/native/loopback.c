@@ -31,24 +31,30 @@ static int grow(void **buffer, int64_t *capacity, int64_t need, size_t item) {
     return 0;
 }
 
+/* where an NB's data starts: the MDL and the offset in it — DataOffset walked along the MDL chain, or CurrentMdl +
+ * CurrentMdlOffset when the miniport gathers from there */
+static inline MDL *data_start(const LOOPBACK *mp, NET_BUFFER *nb, uint32_t *offset) {
+    if (mp->from_current_mdl) {
+        *offset = nb->CurrentMdlOffset;
+        return nb->CurrentMdl;
+    }
+    MDL *mdl = nb->MdlChain;
+    uint32_t left = nb->DataOffset;
+    while (mdl != NULL && left >= mdl->ByteCount) {
+        left -= mdl->ByteCount;
+        mdl = mdl->Next;
+    }
+    *offset = left;
+    return mdl;
+}
+
 static int gather(LOOPBACK *mp, NET_BUFFER *nb) {
     /* DMA: DataLength bytes from DataOffset along the MDL chain (or from CurrentMdl + CurrentMdlOffset) */
     WIRE_CAPTURE *w = mp->wire;
     int64_t start = w->used;
     uint32_t remaining = nb->DataLength;
-    MDL *mdl;
     uint32_t offset;
-    if (mp->from_current_mdl) {
-        mdl = nb->CurrentMdl;
-        offset = nb->CurrentMdlOffset;
-    } else {
-        mdl = nb->MdlChain;
-        offset = nb->DataOffset;
-        while (mdl != NULL && offset >= mdl->ByteCount) {
-            offset -= mdl->ByteCount;
-            mdl = mdl->Next;
-        }
-    }
+    MDL *mdl = data_start(mp, nb, &offset);
     if (grow((void **)&w->bytes, &w->capacity, w->used + remaining, 1)) return -1;
     while (mdl != NULL && remaining > 0) {
         uint32_t take = mdl->ByteCount - offset;
@@ -147,19 +153,8 @@ static int tap_nb(LOOPBACK *mp, NET_BUFFER *nb, int64_t position, int64_t k, int
     /* the iovec of DataLength bytes from DataOffset along the MDL chain (or CurrentMdl + CurrentMdlOffset) */
     TAP_WIRE *t = mp->tap;
     uint32_t remaining = nb->DataLength;
-    MDL *mdl;
     uint32_t offset;
-    if (mp->from_current_mdl) {
-        mdl = nb->CurrentMdl;
-        offset = nb->CurrentMdlOffset;
-    } else {
-        mdl = nb->MdlChain;
-        offset = nb->DataOffset;
-        while (mdl != NULL && offset >= mdl->ByteCount) {
-            offset -= mdl->ByteCount;
-            mdl = mdl->Next;
-        }
-    }
+    MDL *mdl = data_start(mp, nb, &offset);
     int count = 0;
     int64_t length = 0;
     while (mdl != NULL && remaining > 0) {
