@@ -15,13 +15,14 @@ worker also keeps a crash of the native core from ending the bench. Running them
 cores of a small machine from being shared between combinations.
 
 Sampled every ``1/--samples`` of a combination's time (default 20: every 5%) at the end of the round that crosses
-the mark, plus once after the first round: the process's RSS (``/proc/self/statm``), its open file descriptors
-(``/proc/self/fd``), the model's outstanding descriptors per kind (allocs − frees of NBL, NB, MDL, context, NDIS 5
-packet and buffer, data buffer), the modelled memory held (``mem_bytes``), system allocations held
-(``sys_allocs − sys_frees``), the strategy's own counts (``pool_size``, ``pool_growth``, cache counts …) — the
-Python engine's ``Ndis`` counters' snapshot or the native core's counters — and for tap the far side's cumulative
-delivered and lost frames. Outstanding descriptors, ``mem_bytes`` and system allocations held are also read after
-*every* round (cheap: a few dozen integers).
+the mark, plus once after the first round (a round longer than the interval skips marks; a combination that ends its
+time with fewer than 10 samples goes on, sampling after every round, until it has them): the process's RSS
+(``/proc/self/statm``), its open file descriptors (``/proc/self/fd``), the model's outstanding descriptors per kind
+(allocs − frees of NBL, NB, MDL, context, NDIS 5 packet and buffer, data buffer), the modelled memory held
+(``mem_bytes``), system allocations held (``sys_allocs − sys_frees``), the strategy's own counts (``pool_size``,
+``pool_growth``, cache counts …) — the Python engine's ``Ndis`` counters' snapshot or the native core's counters —
+and for tap the far side's cumulative delivered and lost frames. Outstanding descriptors, ``mem_bytes`` and system
+allocations held are also read after *every* round (cheap: a few dozen integers).
 
 Verdict per combination, **flat** when all hold:
 
@@ -280,8 +281,12 @@ def soak(
                 if len(result.state_examples) < 3:
                     result.state_examples.append((outcome.number, state))
             now = time.perf_counter() - started
-            done = now >= seconds and result.rounds >= 2
-            if now >= next_mark or done:
+            # past its time, a run that skipped marks (slow rounds, a long GC pause) goes on, sampling every
+            # round, until it has enough samples for a verdict
+            enough = len(result.samples) + 1 >= min(samples, MIN_SAMPLES)
+            late = now >= seconds
+            done = late and result.rounds >= 2 and enough
+            if now >= next_mark or done or late:
                 result.samples.append(
                     Sample(
                         t_s=now,

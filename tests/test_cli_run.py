@@ -387,7 +387,7 @@ def test_ctrl_c_as_a_subprocess(tmp_path: Path) -> None:
     out = tmp_path / "res"
     proc = subprocess.Popen(
         [str(_script()), "run", str(SAMPLES / "small_packets.pcapng"), "-s", "reuse", "-s", "alloc",
-         "--rounds", "500", "--out", str(out)],
+         "--rounds", "500", "--engine", "python", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env={**os.environ, "TMPDIR": str(scratch)},
     )  # fmt: skip
@@ -395,7 +395,7 @@ def test_ctrl_c_as_a_subprocess(tmp_path: Path) -> None:
     while not any(p.name.startswith("ndis-replay-input-") for p in scratch.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, "the run never started its workers"
         time.sleep(0.05)
-    time.sleep(1.0)  # into the rounds
+    time.sleep(1.0)  # into the rounds (the Python engine's 500 take ~15 s here; the native core's ~2 s is too close)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.INTERRUPTED, err

@@ -100,6 +100,15 @@ def test_a_short_loopback_soak_is_sampled_and_flat(short: ReplayInput, engine: s
     assert soak_bench.SoakResult.from_dict(result.as_dict()) == result
 
 
+def test_a_run_whose_rounds_outlast_the_marks_goes_on_until_it_can_be_judged(short: ReplayInput) -> None:
+    # 12 marks in 1 ms: every round skips marks, so the time alone would leave a sample or two
+    result = soak_bench.soak(short, soak_bench.Combination("reuse", "loopback", "python"), seconds=0.001, samples=12)
+    assert result.error is None
+    assert soak_bench.MIN_SAMPLES <= len(result.samples) <= 12 + 2
+    assert result.seconds >= 0.001
+    assert "samples" not in " ".join(soak_bench.judge(result.samples).reasons)
+
+
 def test_a_seeded_descriptor_leak_is_not_flat(inp: ReplayInput) -> None:
     combination = soak_bench.Combination("test-leaks", "loopback", "python")
     result = soak_bench.soak(inp, combination, seconds=1.0, samples=10, strategy_cls=LeaksEveryFiftieth)
