@@ -87,6 +87,69 @@ def test_a_start_time_beyond_int64_is_refused(tmp_path: Path, pointer_size: int,
     assert info.value.offset == at
 
 
+# --- ETL: an event TimeStamp whose time is beyond int64 (the array conversion wrapped to a wrong ts_ns) ----------
+
+
+def _etl_with_stamp(freq: int, stamp: int) -> tuple[bytes, int]:
+    """Three PktMon packet events on one clock, the second one's raw TimeStamp set to ``stamp``; and the exact time
+    that stamp stands for (ns, Python integers: not bounded)."""
+    buf = io.BytesIO()
+    with EtlWriter(buf, start_ns=START_NS, buffer_size=4096, cpus=1, perf_freq=freq) as w:
+        raws = [w.raw_ts(START_NS + 7_000_000 * (i + 1)) for i in range(3)]
+        for i in range(3):
+            w.add_event(cpu=0, ts_ns=START_NS + 7_000_000 * (i + 1), provider=PKTMON_PROVIDER, event_id=EVENT_PACKET,
+                        user_data=encode_pktmon_packet(i + 1, 0, 1, 1, 1, 3, 1, 0, 0, 0, 60, bytes(60)))  # fmt: skip
+        exact = START_NS + (stamp - w.raw0) * 1_000_000_000 // freq
+    data = bytearray(buf.getvalue())
+    old = struct.pack("<q", raws[1])
+    assert data.count(old) == 1  # the field is where the test thinks
+    at = data.index(old)
+    data[at : at + 8] = struct.pack("<q", stamp)
+    return bytes(data), exact
+
+
+@pytest.mark.parametrize(
+    "freq,stamp,fits",
+    [
+        (10_000_000, 2**63 - 1, False),  # 29,000 years of 100 ns ticks
+        (10_000_000, 2**62, False),
+        (10_000_000, -(2**63), False),
+        (3_000_000_000, 2**63 - 1, True),  # 97 years of 3 GHz ticks: the year 2121, kept and exact
+        (3_000_000_000, -(2**63), False),  # the tick difference itself overflows
+        (20_000_000_000, 2**63 - 1, True),  # the float conversion (clocks over 9 GHz)
+        (20_000_000_000, -(2**63), False),
+    ],
+    ids=["10MHz-max", "10MHz-2^62", "10MHz-min", "3GHz-max", "3GHz-min", "20GHz-max", "20GHz-min"],
+)
+def test_an_event_time_beyond_int64_is_a_damaged_event(tmp_path: Path, freq: int, stamp: int, fits: bool) -> None:
+    path = tmp_path / "stamp.etl"
+    data, exact = _etl_with_stamp(freq, stamp)
+    path.write_bytes(data)
+    # 3GHz-min and 20GHz-min stand for a time an int64 holds (1926), but their tick difference from the logfile
+    # header's does not: refused too (no real clock runs 292 years back from its own start)
+    assert fits == (-(2**63) <= exact < 2**63) or stamp == -(2**63)
+    trace = open_trace(path)
+    damaged = [w for w in trace.warnings if "TimeStamp outside the years 1677-2262" in w.detail]
+    ts = trace.frame["ts_ns"].to_list()
+    if fits:
+        assert not damaged and len(ts) == 3
+        assert max(ts) == pytest.approx(exact, abs=1_000)  # a wrapped value would be off by 2^64
+        return
+    assert len(damaged) == 1 and f"(the first: {stamp})" in damaged[0].detail
+    assert len(ts) == 2 and all(START_NS < t < START_NS + 10**9 for t in ts)
+    with pytest.raises(TraceFormatError, match="TimeStamp outside"):
+        open_trace(path, strict=True)
+
+
+def test_the_range_check_lets_every_ordinary_time_through() -> None:
+    header = container.LogfileHeader.__new__(container.LogfileHeader)
+    for name, value in {"start_time_filetime": FILETIME_START, "header_raw_ts": 5_000, "clock_type": 1,
+                        "perf_freq": 10_000_000, "cpu_speed_mhz": 0}.items():  # fmt: skip
+        object.__setattr__(header, name, value)
+    raw = __import__("numpy").array([5_000 - 10**15, 5_000, 5_000 + 10**16], dtype="int64")  # ±3 years, +30 years
+    assert header.in_range(raw).all()
+
+
 # --- LZXPRESS: no output bound in dissect.util (4 GiB from 16 bytes; 4 billion empty steps) ---------------------
 
 

@@ -185,6 +185,19 @@ class LogfileHeader:
             return whole * 1_000_000_000 + part * 1_000_000_000 // freq + start
         return (delta.astype(np.float64) * (1e9 / freq)).astype(np.int64) + start
 
+    def in_range(self, raw: np.ndarray) -> np.ndarray:
+        """Which raw timestamps :meth:`to_ns` converts without overflow: their time falls in the years 1677-2262
+        an int64 of ns holds (the array arithmetic would wrap silently otherwise)."""
+        origin = self.header_raw_ts
+
+        def fits(r: int) -> bool:
+            return -(2**63) <= r - origin < 2**63 and -(2**63) <= self.to_ns(r) < 2**63
+
+        # both conditions are monotonic in r, so the raw values that fit form an interval: the extremes decide
+        if not len(raw) or (fits(int(raw.min())) and fits(int(raw.max()))):
+            return np.ones(len(raw), dtype=bool)
+        return np.fromiter((fits(r) for r in raw.tolist()), dtype=bool, count=len(raw))
+
 
 @dataclass
 class EtlStats:
@@ -501,6 +514,18 @@ class EtlReader:
             )
             keep = ~short
             seq, eo, size = seq[keep], eo[keep], size[keep]
+        raw_ts = _view(buf, "<i8")[eo + 0x10] if len(eo) else np.zeros(0, dtype=np.int64)
+        fits = self.header.in_range(raw_ts)
+        if not fits.all():
+            # a hostile TimeStamp would wrap to a wrong ts_ns silently: such an event has no usable time
+            k = int(np.flatnonzero(~fits)[0])
+            self._damage(
+                f"{int((~fits).sum())} events have a TimeStamp outside the years 1677-2262 (the first: "
+                f"{int(raw_ts[k])}); skipped",
+                offset=None,
+                record=first_record + int(seq[k]),
+            )
+            seq, eo, size, raw_ts = seq[fits], eo[fits], size[fits], raw_ts[fits]
         n = len(eo)
         u64 = _view(buf, "<u8")
         flags = u16[eo + 4]
@@ -518,7 +543,6 @@ class EtlReader:
             for (lo, hi), c in zip(uniq.tolist(), ucount.tolist(), strict=True):
                 key = str(uuid.UUID(bytes_le=struct.pack("<QQ", lo, hi)))
                 stats.providers[key] = stats.providers.get(key, 0) + c
-        raw_ts = _view(buf, "<i8")[eo + 0x10] if n else np.zeros(0, dtype=np.int64)
         u8 = np.frombuffer(buf, dtype=np.uint8)
         return EventBatch(
             buf=buf,
