@@ -66,6 +66,7 @@ from ndis_replay.results import (
     MODELLED_COLUMN,
     PACKET_SCHEMA,
     PEAK_KINDS,
+    LatencyTally,
     RunResult,
     StrategyResult,
     latency_summary,
@@ -247,9 +248,10 @@ class _Track:
     failure: str | None = None
     extra_findings: list[Finding] = field(default_factory=list)
     rounds: list[RoundOutcome] = field(default_factory=list)
-    latencies: list[np.ndarray[Any, Any]] = field(default_factory=list)
-    builds: list[np.ndarray[Any, Any]] = field(default_factory=list)
-    sends: list[np.ndarray[Any, Any]] = field(default_factory=list)
+    #: the measured rounds' latencies, pooled (what the summary needs; rows are kept or spilled apart)
+    latencies: LatencyTally = field(default_factory=LatencyTally)
+    builds: LatencyTally = field(default_factory=LatencyTally)
+    sends: LatencyTally = field(default_factory=LatencyTally)
     walls: list[int] = field(default_factory=list)
     #: each measured round's achieved rate and lateness (pace_summary's rows) and, when paced, its calls' lateness
     paces: list[dict[str, Any]] = field(default_factory=list)
@@ -594,13 +596,11 @@ def _take_round(track: _Track, outcome: RoundOutcome, keep: bool, inp: ReplayInp
     track.paces.append({"round": outcome.number, "packets_per_s": pps, "mbit_per_s": mbps, **lateness(lag)})
     if outcome.lag_ns is not None:
         track.lags.append(outcome.lag_ns)
+    track.builds.append(outcome.build_ns)
+    track.sends.append(outcome.send_ns)
     if keep:
         track.rounds.append(outcome)
-        track.builds.append(outcome.build_ns)
-        track.sends.append(outcome.send_ns)
     else:
-        track.builds.append(np.array([np.median(outcome.build_ns)]))
-        track.sends.append(np.array([np.median(outcome.send_ns)]))
         track.rounds.append(
             RoundOutcome(
                 outcome.number,
@@ -709,7 +709,7 @@ def _spill_round(
     track: _Track, inp: ReplayInput, call_of: np.ndarray[Any, Any], cost: np.ndarray[Any, Any] | None, part: Path
 ) -> None:
     """Write the rows of the round just taken (the last of ``track.rounds``, if measured and kept) to ``part`` and
-    keep the round without its per-packet arrays (the summary's copies stay in latencies, builds and sends)."""
+    keep the round without its per-packet arrays (the summary has them pooled in latencies, builds and sends)."""
     outcome = track.rounds[-1]
     if outcome.warmup or len(outcome.latency_ns) != inp.packets:
         return

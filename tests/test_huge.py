@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pytest
 from click.testing import CliRunner, Result
 
@@ -30,7 +31,7 @@ from ndis_replay.engine.replay import (
 from ndis_replay.engine.strategies import get_strategy
 from ndis_replay.importers import open_trace
 from ndis_replay.importers.pcap import write_pcap
-from ndis_replay.results import load
+from ndis_replay.results import PERCENTILES, load
 from ndis_replay.trace import Trace
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
@@ -216,6 +217,18 @@ def test_a_big_run_spills_its_packet_rows_round_by_round(
     same = ["strategy", "round", "index", "batch", "size"]
     assert b.select(same).equals(a.select(same))  # the same rows in the same order; only the timings differ
     assert (b["latency_ns"] >= 0).all()
+    # the summary, pooled round by round as the rounds came (the rows were gone by the end), is the saved rows'
+    for result in load(tmp_path / "spilled").strategies:
+        assert result.summary is not None
+        rows = b.filter(pl.col("strategy") == result.name)
+        latency = rows["latency_ns"].to_numpy()
+        assert result.summary["samples"] == len(latency) and result.summary["rounds"] == 3
+        for key, q in PERCENTILES.items():
+            assert result.summary[key] == np.quantile(latency, q, method="inverted_cdf")
+        assert (result.summary["min_ns"], result.summary["max_ns"]) == (latency.min(), latency.max())
+        assert result.summary["mean_ns"] == pytest.approx(latency.mean(), rel=1e-12)
+        if result.summary["send_p50_ns"] is not None:  # timed per call (batching none: a call is a packet)
+            assert result.summary["send_p50_ns"] == np.median(rows["send_ns"].to_numpy())
 
 
 def test_a_spilled_runs_report_has_its_per_packet_charts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

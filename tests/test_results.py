@@ -9,14 +9,19 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from ndis_replay.cli import describe
 from ndis_replay.errors import ExitCode, OutputExists, OutputUnwritable, ResultsError, ResultsVersionError
 from ndis_replay.results import (
     PACKET_SCHEMA,
     PACKETS_PARQUET,
+    PERCENTILES,
     RESULTS_FORMAT_VERSION,
     RUN_JSON,
+    LatencyTally,
     RunResult,
     StrategyResult,
     latency_summary,
@@ -173,6 +178,27 @@ def test_missing_fields_are_named(tmp_path: Path) -> None:
     (target / RUN_JSON).write_text(json.dumps(doc))
     with pytest.raises(ResultsError, match="lacks host"):
         load(target)
+
+
+_ROUND = arrays(np.int64, st.integers(0, 200), elements=st.integers(-1, 10**12) | st.integers(-1, 50))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ROUND, min_size=1, max_size=6), st.floats(0, 1) | st.sampled_from(list(PERCENTILES.values())))
+def test_the_tally_gives_what_the_pooled_array_gives(rounds: list[np.ndarray[Any, Any]], q: float) -> None:
+    """Quantiles (nearest rank, numpy's own rounding of the rank), median, min, max, mean and count of the pooled
+    non-negative values, with rounds merged one at a time (a huge run keeps only the tally)."""
+    tally = LatencyTally()
+    for latency in rounds:
+        tally.append(latency)
+    pooled = np.concatenate(rounds)
+    pooled = pooled[pooled >= 0]
+    assert len(tally) == len(rounds) and tally.samples == pooled.size
+    assert tally.values.tolist() == sorted(set(pooled.tolist()))
+    if pooled.size:
+        assert tally.quantile(q) == np.quantile(pooled, q, method="inverted_cdf")
+        assert tally.median() == np.median(pooled)
+        assert tally.mean() == pytest.approx(float(np.mean(pooled)), rel=1e-12)
 
 
 def test_latency_summary() -> None:
