@@ -12,10 +12,13 @@ Steps, each a fresh ``ndis-replay`` process (its peak RSS from ``wait4``; the wo
    file, full frames (3.7 GB at 10 M packets);
 2. ``ndis-replay import FILE --no-data -o imix_<N>.nodata.parquet``;
 3. ``ndis-replay run imix_<N>.nodata.parquet -s reuse --rounds 1 --warmup 0 --engine E`` for E in native, python:
-   the checked pass (always the Python model, untimed), one measured round, the no-op baseline round.
+   the checked pass (always the Python model, untimed), one measured round, the no-op baseline round
+   (``--strategy``/``-s``, ``--rounds`` and ``--warmup`` change the run: ``-s reuse -s alloc --rounds 5
+   --warmup 1`` is ``run``'s default round count with two strategies, whose rows are spilled round by round).
 
 Run by hand (``make bench-huge``): ``python bench/huge_bench.py [--packets 10000000] [--engine native]
-[--json results.json]``. At 10 M packets it takes ~10 minutes per engine, most of it the checked pass.
+[-s NAME …] [--rounds N] [--warmup N] [--json results.json]``. At 10 M packets it takes ~10 minutes per engine and
+strategy, most of it the checked pass.
 """
 
 from __future__ import annotations
@@ -68,7 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--engine", action="append", choices=ENGINES, help="replay with these (default both)")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where the pcap is kept (bench/data/)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    parser.add_argument(
+        "--strategy", "-s", action="append", metavar="NAME", help="replay these (default reuse; repeat for several)"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="measured rounds (default 1)")
+    parser.add_argument("--warmup", type=int, default=0, help="warm-up rounds (default 0)")
     args = parser.parse_args(argv)
+    strategies: list[str] = args.strategy or ["reuse"]
     path, digest = ensure_file(args.packets, args.data_dir)
     rows: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="huge-bench-", dir=args.data_dir))
@@ -79,11 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"import: {seconds:.1f} s, peak {gb(peak)}", flush=True)
         for engine in args.engine or ENGINES:
             out = work / f"run-{engine}"
-            cmd = [str(BIN), "run", str(imported), "-s", "reuse", "--rounds", "1", "--warmup", "0"]
+            cmd = [str(BIN), "run", str(imported), *(a for name in strategies for a in ("-s", name))]
+            cmd += ["--rounds", str(args.rounds), "--warmup", str(args.warmup)]
             seconds, peak, code = timed([*cmd, "--engine", engine, "--out", str(out)])
             doc = json.loads((out / "run.json").read_text())
             strategy = doc["strategies"][0]
-            workers = {"reuse": strategy["memory"]["worker_peak_rss_bytes"]}
+            workers = {s["name"]: s["memory"]["worker_peak_rss_bytes"] for s in doc["strategies"]}
             overhead = doc.get("measurement_overhead") or {}
             workers["(no-op)"] = overhead.get("worker_peak_rss_bytes")
             rows.append(
@@ -100,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
             )
             print(f"run {engine}: {seconds:.1f} s, peak {gb(peak)}, workers {workers}", flush=True)
+            shutil.rmtree(out, ignore_errors=True)  # its rows take gigabytes at 10 M packets × rounds
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -95,17 +95,17 @@ def _(exc: TraceFormatError) -> str:
 
 @describe.register
 def _(exc: LimitExceeded) -> str:
-    from ndis_replay.importers.limits import ENV_VAR, format_size
+    from ndis_replay.importers.limits import ENV_VAR, MAX_SETTABLE, format_size
 
     where = [f"record {exc.record}"] if exc.record is not None else []
     where += [f"byte {exc.offset}"] if exc.offset is not None else []
     place = f" (at {', '.join(where)})" if where else ""
     unit = "characters" if exc.limit_name == "line" else "bytes"
     limit = f"{exc.limit:,} characters" if exc.limit_name == "line" else format_size(exc.limit)
-    return (
-        f"{exc.path}: {exc.field} claims {exc.value:,} {unit}, over the {exc.limit_name} limit of {limit}{place}; "
-        f"if the file is genuine, raise the limit: {ENV_VAR}={exc.limit_name}=SIZE"
-    )
+    head = f"{exc.path}: {exc.field} claims {exc.value:,} {unit}, over the {exc.limit_name} limit of {limit}{place}"
+    if exc.value > MAX_SETTABLE:  # no setting reaches it: the field is damaged or hostile
+        return f"{head}; beyond what {ENV_VAR}={exc.limit_name}=SIZE can allow ({format_size(MAX_SETTABLE)}): damaged"
+    return f"{head}; if the file is genuine, raise the limit: {ENV_VAR}={exc.limit_name}=SIZE"
 
 
 @describe.register

@@ -60,12 +60,18 @@ def inspect(path: Path, *extra: str, limits_env: str | None = None) -> subproces
 
 
 def assert_refused(done: subprocess.CompletedProcess[str], field: str, limit: str) -> None:
-    """Exit 3 and a single stderr line naming the field and the limit (no traceback, no MemoryError)."""
+    """Exit 3 and a single stderr line naming the field and the limit (no traceback, no MemoryError), and what the
+    user can do: raise the limit, or nothing when the claim is beyond any setting (then the field is damaged)."""
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 3, done.stderr
     assert len(lines) == 1, done.stderr
     assert field in lines[0] and f"over the {limit} limit" in lines[0], lines[0]
     assert f"{limits.ENV_VAR}={limit}=SIZE" in lines[0]
+    claimed = int(lines[0].split(" claims ")[1].split()[0].replace(",", ""))
+    if claimed > limits.MAX_SETTABLE:
+        assert lines[0].endswith("can allow (1 GiB): damaged"), lines[0]
+    else:
+        assert "raise the limit" in lines[0], lines[0]
 
 
 # --- crafted files ------------------------------------------------------------------------------------------
@@ -192,8 +198,14 @@ CLAIMS: dict[str, tuple[Callable[[Path], None], str, str, tuple[str, ...]]] = {
         "record",
         (),
     ),
-    "etl-first-buffer-size": (  # the largest first BufferSize still taken for ETL (1 GiB), not 4 GB
+    "etl-first-buffer-size": (  # below any setting's reach: "raise the limit"
         lambda p: p.write_bytes(_etl_with(0, (1 << 30) - 8, buffer=0)),
+        "ETL buffer BufferSize",
+        "buffer",
+        (),
+    ),
+    "etl-first-buffer-size-4gb": (  # still recognised as ETL (it was "not a pcap, pcapng or ETW capture")
+        lambda p: p.write_bytes(_etl_with(0, FOUR_GB, buffer=0)),
         "ETL buffer BufferSize",
         "buffer",
         (),

@@ -32,11 +32,11 @@ from ndis_replay.importers.etw.events import FLAG_EXTENDED_INFO, EventBatch
 from ndis_replay.importers.source import OpenedSource, _CompressedStreamEnded
 
 BUFFER_HEADER = 0x48
-#: Largest first BufferSize :func:`looks_like_etl` takes for ETL, in bytes. Larger than the ``buffer`` limit
-#: (importers/limits.py: ETW buffers are at most 16 MiB, the limit 64 MiB) so that a file whose buffers are over
-#: the limit is still recognised, and refused naming the limit; pcap's magic numbers, read as a BufferSize, are
-#: all beyond it.
-SNIFF_MAX_BUFFER_SIZE = limits.MAX_SETTABLE
+#: Largest first BufferSize :func:`looks_like_etl` takes for ETL, in bytes: any u32, far beyond the ``buffer``
+#: limit (importers/limits.py: ETW buffers are at most 16 MiB, the limit 64 MiB), so that a file whose buffers are
+#: over the limit is still recognised, and refused naming the limit. pcap and pcapng are told by their magic
+#: numbers before; the header's other checks (Offset, a SYSTEM record, a pointer size) keep other files out.
+SNIFF_MAX_BUFFER_SIZE = 0xFFFF_FFFF
 
 #: BufferFlag bits (ETW_FORMAT.md §2.1).
 BUFFER_FLAG_EVENTS_LOST = 0x02
