@@ -502,7 +502,8 @@ def run_trace(
                     _worker_died(track, f"{'warm-up' if warm else 'measured'} round {number + 1}")
                     tick(label)
                     continue
-                _take_round(track, outcome_r, options.keep_packets, inp)
+                # the no-op floor has no rows in packets.parquet: its summary is all that is kept of it
+                _take_round(track, outcome_r, options.keep_packets and track.spec is not None, inp)
                 if spill is not None and call_of is not None and track.spec is not None and track.rounds:
                     part = spill / f"{tracks.index(track):04d}-{number:06d}"
                     _spill_round(track, inp, call_of, _packet_cost(track, options, inp), part)

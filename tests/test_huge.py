@@ -231,6 +231,27 @@ def test_a_big_run_spills_its_packet_rows_round_by_round(
             assert result.summary["send_p50_ns"] == np.median(rows["send_ns"].to_numpy())
 
 
+def test_the_floor_keeps_no_per_packet_arrays(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The no-op floor has no rows in packets.parquet: its rounds' arrays are dropped as they arrive (they were
+    kept to the end, 24 bytes per packet per round: 1.2 GB at 10 M packets and 5 rounds), the strategies' kept."""
+    seen: dict[str, list[Any]] = {}
+    make_result = runner._result
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        tracks, floors = args[4], args[5]
+        seen["tracks"], seen["floors"] = list(tracks), list(floors)
+        return make_result(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_result", recorded)
+    done = _cli_run("run", SAMPLES / "small_packets.pcapng", "-s", "reuse", "--rounds", "2", "--out", tmp_path / "r")
+    assert done.exit_code == 0, done.output
+    (floor,) = seen["floors"]
+    assert len(floor.rounds) == 2 and len(floor.latencies) == 2 and floor.latencies.samples == 2 * 3000
+    assert all(r.latency_ns.size == r.build_ns.size == r.send_ns.size == 0 for r in floor.rounds)
+    (track,) = seen["tracks"]
+    assert [r.latency_ns.size for r in track.rounds] == [3000, 3000]
+
+
 def test_a_spilled_runs_report_has_its_per_packet_charts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The rows of a spilled run are on disk only: `run --report` reads them back from the saved directory, so the
     report has every per-packet chart, as `ndis-replay report DIR` would (not only the operation counts)."""
