@@ -73,11 +73,11 @@ PEAK_KINDS = ("nbl", "nb", "mdl", "ctx", "packet", "buffer", "data")
 
 
 class LatencyTally:
-    """The measured rounds' times (latencies, or build and send times) pooled as distinct values and their counts:
-    the summary's nearest-rank percentiles, median, min, max and mean come out exactly as from the pooled array, in
+    """The measured rounds' times (latencies, or build and send times) pooled as distinct values and their counts: the
+    summary's nearest-rank percentiles, median, min, max and mean come out exactly as from the pooled array, in
     memory that does not grow with rounds (a round of 10 M packets is 80 MB as an array; its distinct ns values are
-    ~10⁵). Negative values (a packet never completed) are left out. ``append`` a round's array; ``len`` is the
-    number of rounds."""
+    hundreds to thousands: 571 over 5 rounds of 1 M packets of alloc, native). Negative values (a packet never
+    completed) are left out. ``append`` a round's array; ``len`` is the number of rounds."""
 
     def __init__(self, rounds: Sequence[np.ndarray[Any, Any]] = ()) -> None:
         self.values = np.empty(0, dtype=np.int64)
